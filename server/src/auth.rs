@@ -1,0 +1,361 @@
+//! Who is connecting: JWT verification at upgrade and on `$ws:auth` refreshes.
+//!
+//! Keys are read once at start-up from `<secrets-dir>/<name>/<key>` (where the operator
+//! mounts each referenced Secret). The algorithm allow-list is checked against the
+//! token's header before any key is chosen, and `none` can never be configured.
+//! Tokens are never logged: errors describe the token, not repeat it.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use switchboard_spec::{Identity, JwtPolicy, SecretKeyRef};
+
+/// Role every connection that presented a valid token has, besides its token's roles.
+pub const USER_ROLE: &str = "user";
+/// The only role of tokenless connections (when `auth.anonymous` allows them).
+pub const ANONYMOUS_ROLE: &str = "anonymous";
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    pub identity: Identity,
+    /// When the token stops being valid (its `exp` plus leeway); `None` for anonymous.
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required (access_token query parameter, Authorization: Bearer, or subprotocol bearer.<token>)")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// A secret or key that could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("cannot read {field} from {path}: {source} (is the Secret mounted under --secrets-dir?)")]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{field} at {path} is not a usable key for {family}: {message}")]
+    Key {
+        field: &'static str,
+        path: PathBuf,
+        family: &'static str,
+        message: String,
+    },
+}
+
+pub struct Authenticator {
+    anonymous: bool,
+    jwt: Option<JwtVerifier>,
+}
+
+struct JwtVerifier {
+    policy: JwtPolicy,
+    validation: Validation,
+    hmac: Option<DecodingKey>,
+    public: Option<DecodingKey>,
+}
+
+impl Authenticator {
+    pub fn load(policy: Option<&JwtPolicy>, anonymous: bool, secrets_dir: &Path) -> Result<Self, AuthSetupError> {
+        let jwt = policy.map(|p| JwtVerifier::load(p, secrets_dir)).transpose()?;
+        Ok(Self { anonymous, jwt })
+    }
+
+    /// Verifies the token presented at upgrade, or admits an anonymous caller when the
+    /// app allows it and no token was presented.
+    pub fn authenticate(&self, token: Option<&str>, anonymous_user_id: &str) -> Result<Authenticated, AuthError> {
+        match token {
+            None if self.anonymous => Ok(Authenticated {
+                identity: Identity {
+                    user_id: anonymous_user_id.to_owned(),
+                    roles: vec![ANONYMOUS_ROLE.to_owned()],
+                    claims: Map::new(),
+                    anonymous: true,
+                },
+                expires_at: None,
+            }),
+            None => Err(AuthError::Missing),
+            Some(token) => self.verify(token),
+        }
+    }
+
+    /// Verifies a token (at upgrade, or a refresh sent with `$ws:auth`).
+    pub fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
+        match &self.jwt {
+            Some(v) => v.verify(token),
+            None => Err(AuthError::Invalid("this app accepts no tokens (spec.auth.jwt is not set)".into())),
+        }
+    }
+}
+
+fn family_name(f: AlgorithmFamily) -> &'static str {
+    match f {
+        AlgorithmFamily::Hmac => "HMAC",
+        AlgorithmFamily::Rsa => "RSA",
+        AlgorithmFamily::Ec => "EC",
+        AlgorithmFamily::Ed => "EdDSA",
+    }
+}
+
+fn read_secret(dir: &Path, r: &SecretKeyRef, field: &'static str) -> Result<(PathBuf, Vec<u8>), AuthSetupError> {
+    let path = dir.join(&r.name).join(&r.key);
+    std::fs::read(&path)
+        .map(|bytes| (path.clone(), bytes))
+        .map_err(|source| AuthSetupError::Read { field, path, source })
+}
+
+impl JwtVerifier {
+    fn load(policy: &JwtPolicy, dir: &Path) -> Result<Self, AuthSetupError> {
+        // The compiler accepted only names jsonwebtoken knows; skip none silently here.
+        let algorithms: Vec<Algorithm> = policy
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::from_str(a).ok())
+            .collect();
+        let hmac = match &policy.secret_ref {
+            Some(r) if algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac) => {
+                let (_, secret) = read_secret(dir, r, "spec.auth.jwt.secretRef")?;
+                Some(DecodingKey::from_secret(&secret))
+            }
+            _ => None,
+        };
+        let public_family = algorithms.iter().map(|a| a.family()).find(|f| *f != AlgorithmFamily::Hmac);
+        let public = match (&policy.public_key_ref, public_family) {
+            (Some(r), Some(family)) => {
+                let field = "spec.auth.jwt.publicKeyRef";
+                let (path, pem) = read_secret(dir, r, field)?;
+                let key = match family {
+                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                    AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
+                    AlgorithmFamily::Hmac => unreachable_family(),
+                };
+                Some(key.map_err(|e| AuthSetupError::Key {
+                    field,
+                    path,
+                    family: family_name(family),
+                    message: e.to_string(),
+                })?)
+            }
+            _ => None,
+        };
+        let mut validation = Validation::new(algorithms.first().copied().unwrap_or_default());
+        validation.algorithms = algorithms;
+        validation.leeway = u64::from(policy.leeway_seconds);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &policy.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &policy.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self {
+            policy: policy.clone(),
+            validation,
+            hmac,
+            public,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
+        let invalid = |m: &str| AuthError::Invalid(m.to_owned());
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(describe(&e)))?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not allowed (spec.auth.jwt.algorithms)",
+                header.alg
+            )));
+        }
+        let key = match header.alg.family() {
+            AlgorithmFamily::Hmac => self.hmac.as_ref(),
+            _ => self.public.as_ref(),
+        }
+        .ok_or_else(|| invalid("no key is configured for the token's algorithm"))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+            .map_err(|e| AuthError::Invalid(describe(&e)))?;
+        let claims = data.claims;
+        let user_id = match claims.get(&self.policy.user_id_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(AuthError::Invalid(format!(
+                    "the token has no usable {:?} claim for the user id",
+                    self.policy.user_id_claim
+                )));
+            }
+        };
+        let mut roles = vec![USER_ROLE.to_owned()];
+        match claims.get(&self.policy.roles_claim) {
+            Some(Value::Array(items)) => roles.extend(items.iter().filter_map(Value::as_str).map(str::to_owned)),
+            Some(Value::String(s)) => roles.extend(s.split_whitespace().map(str::to_owned)),
+            _ => {}
+        }
+        roles.dedup();
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp + self.validation.leeway));
+        Ok(Authenticated {
+            identity: Identity {
+                user_id,
+                roles,
+                claims,
+                anonymous: false,
+            },
+            expires_at,
+        })
+    }
+}
+
+/// Public-key families never reach the HMAC arm; kept as a function so the match stays
+/// exhaustive without a panic on a client-reachable path (keys load at start-up only).
+fn unreachable_family() -> Result<DecodingKey, jsonwebtoken::errors::Error> {
+    Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into())
+}
+
+/// A client-facing description of a verification failure (never the token itself).
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        K::InvalidSignature => "bad signature".into(),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "algorithm not allowed".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::MissingRequiredClaim(c) => format!("missing required claim {c:?}"),
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => "malformed token".into(),
+        _ => "token rejected".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn policy(algs: &[&str]) -> JwtPolicy {
+        JwtPolicy {
+            algorithms: algs.iter().map(|s| s.to_string()).collect(),
+            secret_ref: Some(SecretKeyRef {
+                name: "jwt".into(),
+                key: "secret".into(),
+            }),
+            public_key_ref: None,
+            issuer: Some("https://auth.test".into()),
+            audience: Some("chat".into()),
+            user_id_claim: "sub".into(),
+            roles_claim: "roles".into(),
+            leeway_seconds: 5,
+        }
+    }
+
+    fn setup(algs: &[&str]) -> (tempdir::Dir, Authenticator) {
+        let dir = tempdir::Dir::new();
+        std::fs::create_dir_all(dir.0.join("jwt")).unwrap();
+        std::fs::write(dir.0.join("jwt/secret"), b"s3cret").unwrap();
+        let auth = Authenticator::load(Some(&policy(algs)), false, &dir.0).unwrap();
+        (dir, auth)
+    }
+
+    fn token(alg: Algorithm, claims: Value) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap()
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn good_claims() -> Value {
+        json!({"sub": "alice", "roles": ["admin"], "iss": "https://auth.test", "aud": "chat", "exp": now() + 60})
+    }
+
+    #[test]
+    fn accepts_a_valid_token_with_roles_and_expiry() {
+        let (_d, auth) = setup(&["HS256"]);
+        let a = auth.authenticate(Some(&token(Algorithm::HS256, good_claims())), "anon").unwrap();
+        assert_eq!(a.identity.user_id, "alice");
+        assert_eq!(a.identity.roles, vec!["user", "admin"]);
+        assert!(a.expires_at.unwrap() > SystemTime::now() + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rejects_wrong_alg_expired_issuer_audience_and_missing_token() {
+        let (_d, auth) = setup(&["HS256"]);
+        let hs512 = token(Algorithm::HS512, good_claims());
+        assert!(matches!(auth.verify(&hs512), Err(AuthError::Invalid(m)) if m.contains("not allowed")));
+        let mut c = good_claims();
+        c["exp"] = json!(now() - 60);
+        assert_eq!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid("the token has expired".into())));
+        let mut c = good_claims();
+        c["iss"] = json!("https://evil.test");
+        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        let mut c = good_claims();
+        c["aud"] = json!("other");
+        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("exp");
+        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        assert_eq!(auth.authenticate(None, "anon").unwrap_err(), AuthError::Missing);
+    }
+
+    #[test]
+    fn rejects_alg_none_and_garbage() {
+        let (_d, auth) = setup(&["HS256"]);
+        // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert!(auth.verify(none).is_err());
+        assert!(auth.verify("not-a-token").is_err());
+    }
+
+    #[test]
+    fn tokens_never_appear_in_errors() {
+        let (_d, auth) = setup(&["HS256"]);
+        let mut c = good_claims();
+        c["exp"] = json!(now() - 60);
+        let t = token(Algorithm::HS256, c);
+        let msg = auth.verify(&t).unwrap_err().to_string();
+        assert!(!msg.contains(&t) && !msg.contains(t.split('.').nth(1).unwrap()));
+    }
+
+    #[test]
+    fn missing_secret_names_the_field_and_path() {
+        let err = Authenticator::load(Some(&policy(&["HS256"])), false, Path::new("/nonexistent")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"), "{msg}");
+    }
+
+    /// A scratch directory removed on drop (no extra crate for one test helper).
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!("sb-auth-{}-{}", std::process::id(), rand::random::<u64>()));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}

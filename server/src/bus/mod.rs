@@ -1,0 +1,56 @@
+//! The bus between replicas, behind one trait.
+//!
+//! The router publishes through [`Bus`] and never knows whether the other subscribers
+//! are on this pod or another one. [`local::LocalBus`] serves one replica in-process;
+//! a NATS implementation carries the same [`Delivery`] bytes across replicas.
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_spec::{Identity, Topic};
+
+/// One topic delivery, encoded once. Every recipient gets these same bytes.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub topic: Topic,
+    /// The emitted type, for metrics (the type is also inside `frame`).
+    pub message_type: Arc<str>,
+    /// The complete frame as clients receive it.
+    pub frame: Bytes,
+    /// Connection id that must not receive it (`excludeSelf`).
+    pub exclude: Option<Arc<str>>,
+    pub published_at: Instant,
+}
+
+/// Why a request to a backend failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    #[error("no bus is configured: request routes need spec.nats")]
+    NoBus,
+    #[error("no backend is answering on this subject")]
+    NoResponders,
+    #[error("the backend did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type RpcFuture = Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>;
+
+pub trait Bus: Send + Sync {
+    /// Delivers to local subscribers and to every other replica that has subscribers.
+    fn publish(&self, delivery: Delivery);
+    /// This pod gained its first local subscriber of `topic`.
+    fn topic_active(&self, topic: &Topic);
+    /// This pod lost its last local subscriber of `topic`.
+    fn topic_inactive(&self, topic: &Topic);
+    /// Sends a request to the backends answering `subject` and awaits one reply.
+    fn request(&self, subject: &str, payload: Bytes, identity: &Identity, timeout: Duration) -> RpcFuture;
+    /// Publishes to the backends listening on `subject`, fire-and-forget.
+    fn forward(&self, subject: &str, payload: Bytes, identity: &Identity) -> Result<(), RpcError>;
+}

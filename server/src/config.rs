@@ -1,0 +1,66 @@
+//! Command line and environment: everything `switchboard-server` is told at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The example chat app, served when no `--app` is given.
+pub const EXAMPLE_APP: &str = include_str!("../../manifests/examples/chat.yaml");
+
+/// Switchboard's WebSocket gateway: serves one RealtimeApp.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "switchboard-server", version, about)]
+pub struct Cli {
+    /// Address of the WebSocket listener (path /ws).
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// RealtimeApp manifest to serve (the file `kubectl apply` takes). Default: the
+    /// built-in example chat app.
+    #[arg(long, env = "SWITCHBOARD_APP")]
+    pub app: Option<PathBuf>,
+
+    /// Where Secrets named by secretRef/publicKeyRef are mounted: <dir>/<name>/<key>.
+    #[arg(long, env = "SWITCHBOARD_SECRETS_DIR", default_value = "/etc/switchboard/secrets")]
+    pub secrets_dir: PathBuf,
+
+    /// This replica's name, shown to clients and in connection ids. Default: the pod
+    /// name ($POD_NAME), else the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+
+    /// Check the app (spec, schemas, secrets) and exit: 0 when it would serve.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl Cli {
+    pub fn app_source(&self) -> Result<(String, String), std::io::Error> {
+        match &self.app {
+            Some(path) => Ok((path.display().to_string(), std::fs::read_to_string(path)?)),
+            None => Ok(("built-in example app".to_owned(), EXAMPLE_APP.to_owned())),
+        }
+    }
+
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("switchboard-{:08x}", rand::random::<u32>()))
+    }
+}
+
+/// Everything [`crate::Server::bind`] needs.
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub app: switchboard_spec::CompiledApp,
+    pub secrets_dir: PathBuf,
+    pub instance: String,
+}

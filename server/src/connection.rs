@@ -1,0 +1,339 @@
+//! One WebSocket connection: a reader and a writer, run together in one task.
+//!
+//! The reader parses frames, reassembles fragments within `maxPayloadBytes`, and hands
+//! each message to the router. The writer drains the connection's `OutboundQueue` into
+//! the socket in batches (one flush per batch), sends pings, and enforces every
+//! deadline: pong, idle, token expiry. Either side ending closes the other: the reader
+//! queues a close for the writer; the writer's end stops the reader after a short linger
+//! for the client's close reply.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, Instrument};
+
+use crate::handle::ConnectionHandle;
+use crate::outbound::Outbound;
+use crate::protocol::{self, CloseReason};
+use crate::router::{self, Session};
+use crate::state::AppState;
+
+type Io = TokioIo<Upgraded>;
+type Reader = WebSocketRead<ReadHalf<Io>>;
+type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
+
+/// How long the reader waits for the client's close reply after the server closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a write may take before the client is considered gone. A client that
+/// stopped reading is caught earlier by its queue bound; this catches a dead network.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to try to get a close frame out to a client that overflowed its queue.
+const ABORT_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Serves an upgraded connection until it closes.
+pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session) {
+    let handle = session.handle.clone();
+    let span = info_span!("connection", id = %handle.id, user = %session.identity.user_id, peer = %session.ip);
+    async move {
+        state.connections.insert(handle.id.clone(), handle.clone());
+        state.metrics.connections.inc();
+        state.metrics.connections_opened.inc();
+        send_open(&state, &session);
+
+        let (rx, tx) = ws.split(|io| {
+            let (r, w) = tokio::io::split(io);
+            (r, BufWriter::new(w))
+        });
+        let liveness = session.liveness.clone();
+        let writer_done = CancellationToken::new();
+        let reader = read_loop(rx, &state, &mut session, &writer_done);
+        let writer = async {
+            let reason = write_loop(tx, &state, &handle, &liveness).await;
+            writer_done.cancel();
+            reason
+        };
+        let ((), reason) = tokio::join!(reader, writer);
+
+        router::unsubscribe_all(&state, &mut session);
+        state.connections.remove(&handle.id);
+        state.metrics.connections.dec();
+        state.metrics.closed(reason);
+        debug!(reason = reason.as_str(), "connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+fn send_open(state: &AppState, session: &Session) {
+    let spec = &state.app.spec;
+    let payload = json!({
+        "connectionId": &*session.handle.id,
+        "instance": &*state.instance,
+        "app": state.app.name,
+        "protocol": protocol::PROTOCOL,
+        "user": {
+            "id": session.identity.user_id,
+            "roles": session.identity.roles,
+            "anonymous": session.identity.anonymous,
+        },
+        "heartbeat": {
+            "intervalMs": u64::from(spec.heartbeat.interval_seconds) * 1000,
+            "timeoutMs": u64::from(spec.heartbeat.timeout_seconds) * 1000,
+        },
+        "limits": {
+            "maxPayloadBytes": spec.limits.max_payload_bytes,
+            "maxSubscriptions": spec.limits.max_subscriptions_per_connection,
+            "outboundQueueMessages": spec.limits.outbound_queue_messages,
+            "idleTimeoutMs": u64::from(spec.limits.idle_timeout_seconds) * 1000,
+        },
+    });
+    state.metrics.sent(protocol::OPEN_TYPE, 1);
+    session
+        .handle
+        .send(protocol::encode_reply(protocol::OPEN_TYPE, None, &payload), &state.metrics);
+}
+
+/// A frame's payload bytes, whatever fastwebsockets handed us.
+fn payload_bytes<'a>(frame: &'a Frame<'_>) -> &'a [u8] {
+    &frame.payload
+}
+
+/// Reads until the client closes, the socket fails, or the writer has finished.
+async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session, writer_done: &CancellationToken) {
+    let max = state.app.spec.limits.max_payload_bytes as usize;
+    // fastwebsockets refuses a single frame of `max_message_size` bytes or more.
+    rx.set_max_message_size(max + 1);
+    rx.set_auto_close(false);
+    rx.set_auto_pong(false);
+    let handle = session.handle.clone();
+    // Nothing is ever obligated: auto close and auto pong are off, we answer ourselves.
+    let mut no_obligated_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+    // A fragmented message being reassembled: (is_text, bytes so far).
+    let mut partial: Option<(bool, Vec<u8>)> = None;
+    loop {
+        let frame = tokio::select! {
+            frame = rx.read_frame(&mut no_obligated_send) => frame,
+            () = writer_done.cancelled() => break,
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(WebSocketError::FrameTooLarge) => {
+                handle.queue.close(protocol::close::TOO_BIG, CloseReason::TooBig);
+                break;
+            }
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                handle.queue.close(1000, CloseReason::Client);
+                break;
+            }
+            Err(e) => {
+                debug!(error = %e, "protocol error");
+                handle.queue.close(1002, CloseReason::ProtocolError);
+                break;
+            }
+        };
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary if frame.fin && partial.is_none() => {
+                if frame.opcode == OpCode::Text {
+                    router::handle_text(state, session, payload_bytes(&frame));
+                } else {
+                    router::handle_binary(state, session);
+                }
+            }
+            OpCode::Text | OpCode::Binary if partial.is_none() => {
+                partial = Some((frame.opcode == OpCode::Text, payload_bytes(&frame).to_vec()));
+            }
+            OpCode::Continuation if partial.is_some() => {
+                let Some((is_text, mut buf)) = partial.take() else { break };
+                if buf.len() + frame.payload.len() > max {
+                    handle.queue.close(protocol::close::TOO_BIG, CloseReason::TooBig);
+                    break;
+                }
+                buf.extend_from_slice(payload_bytes(&frame));
+                if !frame.fin {
+                    partial = Some((is_text, buf));
+                } else if !is_text {
+                    router::handle_binary(state, session);
+                } else if std::str::from_utf8(&buf).is_err() {
+                    handle.queue.close(1007, CloseReason::ProtocolError);
+                    break;
+                } else {
+                    router::handle_text(state, session, &buf);
+                }
+            }
+            OpCode::Ping => {
+                handle.queue.push(Outbound::Pong(bytes::Bytes::copy_from_slice(payload_bytes(&frame))));
+            }
+            OpCode::Pong => session.liveness.touch_pong(),
+            OpCode::Close => {
+                let code = match payload_bytes(&frame) {
+                    [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+                    _ => 1000,
+                };
+                // Echo the client's code, as RFC 6455 asks, when it is one we may send.
+                let echo = if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) { code } else { 1000 };
+                handle.queue.close(echo, CloseReason::Client);
+                break;
+            }
+            _ => {
+                // A continuation with nothing to continue, or a new message mid-fragment.
+                handle.queue.close(1002, CloseReason::ProtocolError);
+                break;
+            }
+        }
+    }
+    // Let the client's close reply (or EOF) arrive so the close handshake completes.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        writer_done.cancelled().await;
+        while let Ok(frame) = rx.read_frame(&mut no_obligated_send).await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// What woke the writer when no frame was queued.
+enum Due {
+    Ping,
+    PongOverdue,
+    Idle,
+    TokenExpired,
+}
+
+/// Writes until a close has been written. Returns why the connection ended.
+async fn write_loop(
+    mut tx: Writer,
+    state: &AppState,
+    handle: &ConnectionHandle,
+    liveness: &crate::liveness::Liveness,
+) -> CloseReason {
+    let spec = &state.app.spec;
+    let ping_every = (spec.heartbeat.interval_seconds > 0)
+        .then(|| Duration::from_secs(u64::from(spec.heartbeat.interval_seconds)));
+    let pong_within = Duration::from_secs(u64::from(spec.heartbeat.timeout_seconds));
+    let idle_after = (spec.limits.idle_timeout_seconds > 0)
+        .then(|| Duration::from_secs(u64::from(spec.limits.idle_timeout_seconds)));
+    let mut next_ping = ping_every.map(|d| Instant::now() + d);
+    let mut awaiting_pong: Option<Instant> = None;
+    liveness.touch_activity();
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let mut due = [
+            next_ping.map(|t| (t, Due::Ping)),
+            awaiting_pong.map(|sent| (sent + pong_within, Due::PongOverdue)),
+            idle_after.map(|d| (liveness.last_activity() + d, Due::Idle)),
+            liveness.expiry().map(|t| (t, Due::TokenExpired)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(t, _)| *t);
+        let sleep_until = due.as_ref().map_or_else(|| Instant::now() + Duration::from_secs(3600), |(t, _)| *t);
+        tokio::select! {
+            biased;
+            () = handle.abort.cancelled() => return abort(&mut tx, state, handle).await,
+            () = handle.queue.pop_all(&mut batch) => {
+                match write_batch(&mut tx, state, handle, &mut batch).await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => return reason,
+                    Err(reason) => return reason,
+                }
+            }
+            () = liveness.changed.notified() => {}
+            () = tokio::time::sleep_until(sleep_until.into()) => {
+                let now = Instant::now();
+                match due.take() {
+                    Some((_, Due::Ping)) => {
+                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"sb"));
+                        if write_frames(&mut tx, [ping]).await.is_err() {
+                            return CloseReason::Client;
+                        }
+                        awaiting_pong = Some(now);
+                        next_ping = ping_every.map(|d| now + d);
+                    }
+                    Some((_, Due::PongOverdue)) => {
+                        if awaiting_pong.is_some_and(|sent| liveness.last_pong() >= sent) {
+                            awaiting_pong = None;
+                        } else {
+                            handle.queue.close(protocol::close::HEARTBEAT_TIMEOUT, CloseReason::HeartbeatTimeout);
+                            awaiting_pong = None;
+                        }
+                    }
+                    Some((_, Due::Idle)) => {
+                        if liveness.last_activity() + idle_after.unwrap_or_default() <= now {
+                            handle.queue.close(protocol::close::IDLE_TIMEOUT, CloseReason::IdleTimeout);
+                        }
+                    }
+                    Some((_, Due::TokenExpired)) => {
+                        if liveness.expiry().is_some_and(|t| t <= now) {
+                            handle.queue.close(protocol::close::TOKEN_EXPIRED, CloseReason::TokenExpired);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch and flushes once. `Ok(Some(reason))` once a close was written.
+async fn write_batch(
+    tx: &mut Writer,
+    state: &AppState,
+    handle: &ConnectionHandle,
+    batch: &mut Vec<Outbound>,
+) -> Result<Option<CloseReason>, CloseReason> {
+    let work = async {
+        for item in batch.drain(..) {
+            let result = match item {
+                Outbound::Frame(bytes) => tx.write_frame(Frame::text(Payload::Borrowed(&bytes))).await,
+                Outbound::Delivery { frame, published_at } => {
+                    let r = tx.write_frame(Frame::text(Payload::Borrowed(&frame))).await;
+                    state.metrics.delivery_latency.observe(published_at.elapsed().as_secs_f64());
+                    r
+                }
+                Outbound::Pong(bytes) => tx.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await,
+                Outbound::Close { code, reason } => {
+                    let _ = tx.write_frame(Frame::close(code, reason.as_str().as_bytes())).await;
+                    let _ = tx.flush().await;
+                    return Ok(Some(reason));
+                }
+            };
+            if result.is_err() {
+                return Err(CloseReason::Client);
+            }
+            state.metrics.frames_written.inc();
+        }
+        tx.flush().await.map(|()| None).map_err(|_| CloseReason::Client)
+    };
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, work) => r.unwrap_or(Err(CloseReason::SlowConsumer)),
+        () = handle.abort.cancelled() => Err(CloseReason::SlowConsumer),
+    }
+}
+
+async fn write_frames<'f>(tx: &mut Writer, frames: impl IntoIterator<Item = Frame<'f>>) -> Result<(), WebSocketError> {
+    for f in frames {
+        tx.write_frame(f).await?;
+    }
+    tx.flush().await
+}
+
+/// The client overflowed its queue, or the process is exiting now: one short try to
+/// tell it why, then the socket is dropped.
+async fn abort(tx: &mut Writer, state: &AppState, handle: &ConnectionHandle) -> CloseReason {
+    let reason = if state.abort_all.is_cancelled() && !handle.queue.is_closing() {
+        CloseReason::Shutdown
+    } else {
+        CloseReason::SlowConsumer
+    };
+    let close = Frame::close(reason.code(), reason.as_str().as_bytes());
+    let _ = tokio::time::timeout(ABORT_CLOSE_TIMEOUT, write_frames(tx, [close])).await;
+    reason
+}

@@ -1,0 +1,256 @@
+//! The WebSocket listener: HTTP/1.1 on `--listen`, upgrades on `/ws`.
+//!
+//! Everything that can refuse a client is decided here, before a WebSocket exists, with
+//! a plain HTTP status the client's library can report: 503 while draining or when the
+//! pod is full, 403 for a foreign Origin, 429 past the per-IP limit, 401 for a missing
+//! or invalid token. The handshake must complete within `handshakeTimeoutSeconds`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::admission::Refusal;
+use crate::auth::AuthError;
+use crate::connection;
+use crate::handle::ConnectionHandle;
+use crate::liveness::Liveness;
+use crate::metrics::RejectReason;
+use crate::outbound::OutboundQueue;
+use crate::protocol::{self, ErrorCode};
+use crate::ratelimit::ConnectionBuckets;
+use crate::router::Session;
+use crate::state::AppState;
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Accepts TCP connections until `stop` fires.
+pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    let handshake_timeout = Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            // The connection future ends once the upgrade is handed over, so this bounds
+            // the handshake only; the WebSocket runs on in its own task.
+            match tokio::time::timeout(handshake_timeout, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
+                Err(_) => debug!(%peer, "handshake timed out"),
+            }
+        });
+    }
+}
+
+fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
+    if req.uri().path() != "/ws" {
+        return error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the WebSocket endpoint is /ws");
+    }
+    if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut r = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::FailedPrecondition,
+            "this endpoint speaks WebSocket: send an upgrade request",
+        );
+        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    match upgrade(&mut req, state, peer) {
+        Ok(response) => response,
+        Err((reason, response)) => {
+            state.metrics.rejected(reason);
+            response
+        }
+    }
+}
+
+type Refused = (RejectReason, HttpResponse);
+
+fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> Result<HttpResponse, Refused> {
+    if state.is_draining() {
+        let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "this pod is draining");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err((RejectReason::Draining, r));
+    }
+    check_origin(req, state)?;
+    let guard = state.admission.try_admit(peer.ip()).map_err(|refusal| match refusal {
+        Refusal::PodFull => (
+            RejectReason::Capacity,
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "this pod is at limits.maxConnections",
+            ),
+        ),
+        Refusal::TooManyFromIp => (
+            RejectReason::PerIpLimit,
+            error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::ResourceExhausted,
+                "too many connections from this address (limits.maxConnectionsPerIp)",
+            ),
+        ),
+    })?;
+    let offered = offered_protocols(req);
+    let token = token_from(req, &offered);
+    let connection_id = state.next_connection_id();
+    let anonymous_id = format!("anon-{:016x}", rand::random::<u64>());
+    let authed = state.auth.authenticate(token.as_deref(), &anonymous_id).map_err(|e| {
+        let message = match &e {
+            AuthError::Missing => e.to_string(),
+            AuthError::Invalid(_) => e.to_string(),
+        };
+        let mut r = error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, &message);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        (RejectReason::Unauthenticated, r)
+    })?;
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut *req).map_err(|e| {
+        (
+            RejectReason::BadRequest,
+            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, &e.to_string()),
+        )
+    })?;
+    let mut response = response.map(|_| Full::new(Bytes::new()));
+    if let Some(chosen) = choose_protocol(&offered)
+        && let Ok(v) = HeaderValue::from_str(chosen)
+    {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+
+    let limits = &state.app.spec.limits;
+    let handle = Arc::new(ConnectionHandle {
+        id: connection_id,
+        queue: OutboundQueue::new(limits.outbound_queue_messages as usize, limits.slow_consumer),
+        abort: state.abort_all.child_token(),
+    });
+    let session = Session {
+        handle,
+        user_id: Arc::from(authed.identity.user_id.as_str()),
+        identity: authed.identity,
+        ip: peer.ip(),
+        subscriptions: HashSet::new(),
+        buckets: ConnectionBuckets::default(),
+        liveness: Arc::new(Liveness::new(authed.expires_at)),
+    };
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        // Held for the connection's life: the slot frees when the task ends.
+        let _guard = guard;
+        match upgrade.await {
+            Ok(ws) => connection::serve(ws, state, session).await,
+            Err(e) => debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+    Ok(response)
+}
+
+fn check_origin(req: &Request<Incoming>, state: &AppState) -> Result<(), Refused> {
+    let Some(allowed) = &state.app.spec.allowed_origins else {
+        return Ok(());
+    };
+    // Browsers always send Origin; other clients usually do not, and an Origin check
+    // protects browsers only. A present Origin must be on the list.
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            RejectReason::Origin,
+            error_response(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PermissionDenied,
+                "this Origin is not in spec.allowedOrigins",
+            ),
+        ))
+    }
+}
+
+fn offered_protocols(req: &Request<Incoming>) -> Vec<String> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The token, from (in order) `?access_token=`, `Authorization: Bearer`, or a
+/// `bearer.<token>` subprotocol (for browsers, which cannot set headers).
+fn token_from(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
+    if let Some(q) = req.uri().query()
+        && let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
+    {
+        return Some(v.into_owned());
+    }
+    if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    offered
+        .iter()
+        .find_map(|p| p.strip_prefix("bearer.").map(str::to_owned))
+}
+
+/// A browser fails the handshake unless the server picks one of the offered
+/// subprotocols: prefer ours, then any non-token one, and echo the token one only when
+/// it is all the client offered.
+fn choose_protocol(offered: &[String]) -> Option<&str> {
+    offered
+        .iter()
+        .find(|p| *p == protocol::PROTOCOL)
+        .or_else(|| offered.iter().find(|p| !p.starts_with("bearer.")))
+        .or_else(|| offered.first())
+        .map(String::as_str)
+}
+
+pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> HttpResponse {
+    let body = json!({"code": code.as_str(), "message": message}).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,31 @@
+//! `switchboard-server`: the WebSocket gateway of a RealtimeApp.
+//!
+//! A message's path, by file: [`gateway`] accepts and authenticates the upgrade,
+//! [`connection`] reads frames, [`protocol`] parses the envelope, [`router`] checks the
+//! route (roles, [`ratelimit`], schema) and runs its action; a publish is encoded once
+//! and handed to the [`bus`], whose [`topics`] registry pushes the same bytes into each
+//! subscriber's [`outbound`] queue, which that subscriber's writer drains to its socket.
+
+pub mod admin;
+pub mod admission;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod connection;
+pub mod gateway;
+pub mod handle;
+pub mod liveness;
+pub mod metrics;
+pub mod outbound;
+pub mod protocol;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod topics;
+
+pub use config::{Cli, ServerConfig};
+pub use server::Server;
+pub use shutdown::Shutdown;

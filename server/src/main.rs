@@ -1,0 +1,68 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use switchboard_server::{Cli, Server, ServerConfig, Shutdown, telemetry};
+
+/// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
+const USAGE: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let (source, yaml) = match cli.app_source() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read --app {}: {e}", cli.app.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            return ExitCode::from(USAGE);
+        }
+    };
+    let app = match switchboard_spec::load(&yaml) {
+        Ok(app) => app,
+        Err(errors) => {
+            eprintln!("error: {source} is not a valid RealtimeApp:");
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(USAGE);
+        }
+    };
+    let config = ServerConfig {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        app,
+        secrets_dir: cli.secrets_dir.clone(),
+        instance: cli.instance_name(),
+    };
+    if cli.check {
+        return match switchboard_server::auth::Authenticator::load(
+            config.app.jwt.as_ref(),
+            config.app.spec.auth.anonymous,
+            &config.secrets_dir,
+        ) {
+            Ok(_) => {
+                println!("{source}: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(USAGE)
+            }
+        };
+    }
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    shutdown.on_signals().context("cannot install signal handlers")?;
+    let server = Server::bind(config).await?;
+    server.run(shutdown).await
+}

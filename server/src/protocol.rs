@@ -1,0 +1,399 @@
+//! Wire protocol v1 (DESIGN.md §2): the envelope clients send, the frames the server
+//! sends, error codes and close codes.
+//!
+//! Everything the server writes is encoded here, once, into [`Bytes`]; connections and
+//! fan-out only move those bytes around.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use switchboard_spec::{ACK_TYPE, ERROR_TYPE, RPC_ERROR_TYPE};
+
+/// Protocol name announced in `$ws:open` and accepted as a WebSocket subprotocol.
+pub const PROTOCOL: &str = "switchboard.v1";
+pub const OPEN_TYPE: &str = "$ws:open";
+pub const DRAIN_TYPE: &str = "$ws:drain";
+pub const AUTH_TYPE: &str = "$ws:auth";
+pub const HEARTBEAT_TYPE: &str = "__heartbeat";
+pub const HEARTBEAT_ACK_TYPE: &str = "__heartbeat_ack";
+/// Longest `meta.correlationId` accepted.
+pub const MAX_CORRELATION_ID: usize = 128;
+
+/// WebSocket close codes (DESIGN.md §2).
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const OVERLOADED: u16 = 1013;
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    pub const IDLE_TIMEOUT: u16 = 4003;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const TOKEN_EXPIRED: u16 = 4401;
+}
+
+/// Why a connection ended: its close code, close text, and the `reason` label of
+/// `switchboard_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Client,
+    HeartbeatTimeout,
+    IdleTimeout,
+    SlowConsumer,
+    TokenExpired,
+    TooBig,
+    ProtocolError,
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The close code the server sends for it (`Client`: the server echoes the client's).
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Client => 1000,
+            Self::HeartbeatTimeout => close::HEARTBEAT_TIMEOUT,
+            Self::IdleTimeout => close::IDLE_TIMEOUT,
+            Self::SlowConsumer => close::SLOW_CONSUMER,
+            Self::TokenExpired => close::TOKEN_EXPIRED,
+            Self::TooBig => close::TOO_BIG,
+            Self::ProtocolError => 1002,
+            Self::Shutdown => close::GOING_AWAY,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TokenExpired => "token_expired",
+            Self::TooBig => "too_big",
+            Self::ProtocolError => "protocol_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Error codes, gRPC-style.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthenticated,
+    PermissionDenied,
+    InvalidArgument,
+    FailedPrecondition,
+    NotFound,
+    AlreadyExists,
+    Unimplemented,
+    Cancelled,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Unavailable,
+    Aborted,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::InvalidArgument,
+        Self::FailedPrecondition,
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::Unimplemented,
+        Self::Cancelled,
+        Self::DeadlineExceeded,
+        Self::ResourceExhausted,
+        Self::Unavailable,
+        Self::Aborted,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::Cancelled => "CANCELLED",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Aborted => "ABORTED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Whether sending the same message again later can succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::DeadlineExceeded | Self::ResourceExhausted | Self::Unavailable | Self::Aborted
+        )
+    }
+
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+/// A message the server refuses, with everything the ERROR frame needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after_ms: Option<u64>,
+    pub details: Option<Value>,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retryable: code.retryable(),
+            retry_after_ms: None,
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self.retryable = true;
+        self
+    }
+
+    /// An invalid field, located by its JSON pointer.
+    pub fn invalid_field(pointer: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(ErrorCode::InvalidArgument, message.clone())
+            .with_details(json!({"field": pointer, "errors": [{"pointer": pointer, "message": message}]}))
+    }
+}
+
+/// One parsed client message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inbound {
+    pub message_type: String,
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<String>,
+    /// `null` when the client sent none.
+    pub payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope {
+    #[serde(rename = "type")]
+    message_type: String,
+    #[serde(default)]
+    meta: Option<RawMeta>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// Known meta fields; other keys are the application's and pass through unread.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // read for its type check only: a timestamp must be a number
+    timestamp: Option<serde_json::Number>,
+    #[serde(default)]
+    traceparent: Option<String>,
+}
+
+/// A message that could not be parsed, and the correlation id to answer it with if one
+/// could still be read.
+#[derive(Debug)]
+pub struct BadEnvelope {
+    pub rejection: Rejection,
+    pub correlation_id: Option<String>,
+}
+
+pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
+    match serde_json::from_slice::<RawEnvelope>(text) {
+        Ok(raw) => {
+            let (correlation_id, traceparent) = match raw.meta {
+                Some(m) => (m.correlation_id, m.traceparent),
+                None => (None, None),
+            };
+            let bad = |message: &str| BadEnvelope {
+                rejection: Rejection::new(ErrorCode::InvalidArgument, message),
+                correlation_id: None,
+            };
+            if correlation_id.as_ref().is_some_and(|c| c.chars().count() > MAX_CORRELATION_ID) {
+                return Err(bad("meta.correlationId is longer than 128 characters"));
+            }
+            let n = raw.message_type.chars().count();
+            if n == 0 || n > switchboard_spec::compile::MAX_TYPE_LEN {
+                return Err(BadEnvelope {
+                    rejection: Rejection::new(ErrorCode::InvalidArgument, "type must be 1 to 128 characters"),
+                    correlation_id,
+                });
+            }
+            Ok(Inbound {
+                message_type: raw.message_type,
+                correlation_id,
+                traceparent,
+                payload: raw.payload.unwrap_or(Value::Null),
+            })
+        }
+        Err(e) => {
+            // Answer with the correlation id when the JSON is fine but its shape is not.
+            let value = serde_json::from_slice::<Value>(text).ok();
+            let correlation_id = value
+                .as_ref()
+                .and_then(|v| v.pointer("/meta/correlationId"))
+                .and_then(Value::as_str)
+                .filter(|c| c.chars().count() <= MAX_CORRELATION_ID)
+                .map(str::to_owned);
+            let message = if value.is_none() {
+                format!("not valid JSON: {e}")
+            } else if !value.as_ref().is_some_and(Value::is_object) {
+                "a message is a JSON object {\"type\", \"meta\"?, \"payload\"?}".to_owned()
+            } else {
+                format!("malformed envelope: {e}")
+            };
+            Err(BadEnvelope {
+                rejection: Rejection::new(ErrorCode::InvalidArgument, message),
+                correlation_id,
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OutFrame<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    message_type: &'a str,
+    meta: OutMeta<'a>,
+    payload: P,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutMeta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<&'a str>,
+    pub timestamp: u64,
+}
+
+/// Encodes one frame. Serializing plain data into a `Vec` cannot fail; an empty frame
+/// would only mean a bug in a `Serialize` impl, and the client would see it as such.
+pub fn encode<P: Serialize>(message_type: &str, meta: OutMeta<'_>, payload: &P) -> Bytes {
+    let frame = OutFrame {
+        message_type,
+        meta,
+        payload,
+    };
+    serde_json::to_vec(&frame).map(Bytes::from).unwrap_or_default()
+}
+
+pub fn encode_reply<P: Serialize>(message_type: &str, correlation_id: Option<&str>, payload: &P) -> Bytes {
+    encode(
+        message_type,
+        OutMeta {
+            correlation_id,
+            timestamp: now_ms(),
+            ..OutMeta::default()
+        },
+        payload,
+    )
+}
+
+pub fn encode_error(error_type: &str, correlation_id: Option<&str>, r: &Rejection) -> Bytes {
+    let mut payload = json!({
+        "code": r.code.as_str(),
+        "message": r.message,
+        "retryable": r.retryable,
+    });
+    if let Some(ms) = r.retry_after_ms {
+        payload["retryAfterMs"] = json!(ms);
+    }
+    if let Some(d) = &r.details {
+        payload["details"] = d.clone();
+    }
+    encode_reply(error_type, correlation_id, &payload)
+}
+
+/// Milliseconds since the Unix epoch, for `meta.timestamp`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_envelope() {
+        let m = parse_inbound(
+            br#"{"type":"SEND_MESSAGE","meta":{"correlationId":"c1","timestamp":1,"traceparent":"00-x","app":"keep"},"payload":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.message_type, "SEND_MESSAGE");
+        assert_eq!(m.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(m.traceparent.as_deref(), Some("00-x"));
+        assert_eq!(m.payload, json!({"a":1}));
+    }
+
+    #[test]
+    fn rejects_unknown_root_keys_but_keeps_the_correlation_id() {
+        let e = parse_inbound(br#"{"type":"X","meta":{"correlationId":"c9"},"extra":1}"#).unwrap_err();
+        assert_eq!(e.rejection.code, ErrorCode::InvalidArgument);
+        assert!(e.rejection.message.contains("extra"), "{}", e.rejection.message);
+        assert_eq!(e.correlation_id.as_deref(), Some("c9"));
+    }
+
+    #[test]
+    fn rejects_bad_json_non_objects_and_bad_meta() {
+        for bad in [
+            &b"{nope"[..],
+            b"[1,2]",
+            b"\"x\"",
+            br#"{"meta":{}}"#,
+            br#"{"type":""}"#,
+            br#"{"type":"X","meta":{"timestamp":"yesterday"}}"#,
+            br#"{"type":"X","meta":"m"}"#,
+        ] {
+            assert!(parse_inbound(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!(r#"{{"type":"X","meta":{{"correlationId":"{}"}}}}"#, "c".repeat(129));
+        assert!(parse_inbound(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn encodes_errors_with_all_fields() {
+        let r = Rejection::new(ErrorCode::ResourceExhausted, "slow down")
+            .retry_after(250)
+            .with_details(json!({"bucket": "chat"}));
+        let v: Value = serde_json::from_slice(&encode_error(ERROR_TYPE, Some("c1"), &r)).unwrap();
+        assert_eq!(v["type"], "ERROR");
+        assert_eq!(v["meta"]["correlationId"], "c1");
+        assert_eq!(v["payload"]["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["payload"]["retryable"], true);
+        assert_eq!(v["payload"]["retryAfterMs"], 250);
+        assert_eq!(v["payload"]["details"]["bucket"], "chat");
+    }
+}

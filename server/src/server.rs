@@ -1,0 +1,104 @@
+//! `Server`: binds the listeners, wires state, runs until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::auth::Authenticator;
+use crate::bus::local::LocalBus;
+use crate::config::ServerConfig;
+use crate::protocol::{self, CloseReason};
+use crate::shutdown::Shutdown;
+use crate::state::AppState;
+use crate::{admin, gateway};
+
+/// How often idle shared rate-limit buckets are swept.
+const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    state: Arc<AppState>,
+    ws: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Loads secrets and binds both listeners; nothing is served until [`Server::run`].
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let app = config.app;
+        let auth = Authenticator::load(app.jwt.as_ref(), app.spec.auth.anonymous, &config.secrets_dir)?;
+        let state = Arc::new(AppState::new(app, Arc::from(config.instance), auth, |registry| {
+            Arc::new(LocalBus::new(registry))
+        }));
+        let ws = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--admin-listen)", config.admin_listen))?;
+        Ok(Self { state, ws, admin })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown.begin` fires, then closes every connection with 1001 and
+    /// waits for them (at most the drain grace period, or until `shutdown.now`).
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let state = self.state;
+        info!(
+            ws = %self.ws.local_addr()?, admin = %self.admin.local_addr()?,
+            app = %state.app.name, instance = %state.instance, "serving"
+        );
+        let stop_accepting = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let ws_task = tokio::spawn(gateway::accept_loop(self.ws, state.clone(), stop_accepting.clone()));
+        let admin_task = tokio::spawn(admin::accept_loop(self.admin, state.clone(), admin_stop.clone()));
+        let sweeper = tokio::spawn(sweep_buckets(state.clone()));
+
+        shutdown.begin.cancelled().await;
+        let started = Instant::now();
+        state.draining.store(true, Ordering::Release);
+        stop_accepting.cancel();
+        let _ = ws_task.await;
+        info!(connections = state.connections.len(), "shutting down");
+        for entry in state.connections.iter() {
+            entry.value().queue.close(protocol::close::GOING_AWAY, CloseReason::Shutdown);
+        }
+        state.tasks.close();
+        let grace = Duration::from_secs(u64::from(state.app.spec.drain.grace_period_seconds));
+        tokio::select! {
+            () = state.tasks.wait() => {}
+            () = tokio::time::sleep(grace) => {}
+            () = shutdown.now.cancelled() => {}
+        }
+        state.abort_all.cancel();
+        sweeper.abort();
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+        Ok(())
+    }
+}
+
+async fn sweep_buckets(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(BUCKET_SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        state.limiter.evict_idle(Instant::now());
+    }
+}

@@ -1,0 +1,102 @@
+//! `AppState`: what every connection of one app shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use switchboard_spec::{CompiledApp, RouteAction};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::Admission;
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::handle::ConnectionHandle;
+use crate::metrics::Metrics;
+use crate::protocol;
+use crate::ratelimit::RateLimiter;
+use crate::topics::TopicRegistry;
+
+pub struct AppState {
+    pub app: CompiledApp,
+    /// This process's name (the pod name in Kubernetes): in `$ws:open` and connection ids.
+    pub instance: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<TopicRegistry>,
+    pub bus: Arc<dyn Bus>,
+    pub limiter: RateLimiter,
+    pub auth: Authenticator,
+    pub admission: Admission,
+    /// Every open connection, so shutdown can reach each one.
+    pub connections: DashMap<Arc<str>, Arc<ConnectionHandle>>,
+    /// Connection tasks, so shutdown can wait for them to finish.
+    pub tasks: TaskTracker,
+    /// Set once shutdown begins: readiness fails and upgrades are refused.
+    pub draining: AtomicBool,
+    /// Fired when the process must stop now (second signal): every connection aborts.
+    pub abort_all: CancellationToken,
+    next_connection: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        app: CompiledApp,
+        instance: Arc<str>,
+        auth: Authenticator,
+        bus_for: impl FnOnce(Arc<TopicRegistry>) -> Arc<dyn Bus>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(app.routes.keys().map(String::as_str), sent_types(&app)));
+        let registry = Arc::new(TopicRegistry::new(metrics.clone()));
+        let bus = bus_for(registry.clone());
+        let limiter = RateLimiter::new(app.buckets.clone());
+        let admission = Admission::new(app.spec.limits.max_connections, app.spec.limits.max_connections_per_ip);
+        Self {
+            app,
+            instance,
+            metrics,
+            registry,
+            bus,
+            limiter,
+            auth,
+            admission,
+            connections: DashMap::new(),
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            abort_all: CancellationToken::new(),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// A connection id unique across replicas: `<instance>-<n>`.
+    pub fn next_connection_id(&self) -> Arc<str> {
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{}-{n:x}", self.instance))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Every type the server can send for this app: system frames, errors, acks, and the
+/// declared emit and reply types. Metrics count each of them without a lookup lock.
+fn sent_types(app: &CompiledApp) -> Vec<&str> {
+    let mut types = vec![
+        protocol::OPEN_TYPE,
+        protocol::DRAIN_TYPE,
+        protocol::ACK_TYPE,
+        protocol::ERROR_TYPE,
+        protocol::RPC_ERROR_TYPE,
+        protocol::HEARTBEAT_ACK_TYPE,
+    ];
+    for route in app.routes.values() {
+        match &route.action {
+            RouteAction::Publish { emit, .. } => types.push(emit),
+            RouteAction::Request { reply, .. } => types.push(reply),
+            _ => {}
+        }
+    }
+    types.sort_unstable();
+    types.dedup();
+    types
+}

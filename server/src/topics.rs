@@ -1,0 +1,99 @@
+//! `TopicRegistry`: which local connections are subscribed to which topic.
+//!
+//! Each topic maps to an immutable snapshot of its subscribers. Fan-out clones the
+//! snapshot pointer and pushes to every queue without holding any lock; subscribe and
+//! unsubscribe build a new snapshot. Publishing, the frequent operation, never waits
+//! for a subscription change, and the map is sharded so unrelated topics never contend.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use switchboard_spec::Topic;
+
+use crate::bus::Delivery;
+use crate::handle::ConnectionHandle;
+use crate::metrics::Metrics;
+
+type Subscribers = Arc<[Arc<ConnectionHandle>]>;
+
+pub struct TopicRegistry {
+    topics: DashMap<Topic, Subscribers>,
+    metrics: Arc<Metrics>,
+}
+
+impl TopicRegistry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            topics: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Adds a subscriber. Returns true when it is the topic's first local subscriber,
+    /// i.e. when this pod starts to need the topic's traffic.
+    pub fn subscribe(&self, topic: &Topic, handle: &Arc<ConnectionHandle>) -> bool {
+        let mut first = false;
+        let mut entry = self.topics.entry(topic.clone()).or_insert_with(|| {
+            first = true;
+            Arc::from(Vec::new())
+        });
+        if entry.iter().any(|h| h.id == handle.id) {
+            return false;
+        }
+        let mut next: Vec<_> = entry.iter().cloned().collect();
+        next.push(handle.clone());
+        *entry = Arc::from(next);
+        self.metrics.subscriptions.inc();
+        if first {
+            self.metrics.topics.inc();
+        }
+        first
+    }
+
+    /// Removes a subscriber. Returns true when it was the topic's last local subscriber.
+    pub fn unsubscribe(&self, topic: &Topic, connection_id: &str) -> bool {
+        let mut removed = false;
+        let emptied = self
+            .topics
+            .remove_if_mut(topic, |_, subs| {
+                if subs.iter().any(|h| &*h.id == connection_id) {
+                    removed = true;
+                    let next: Vec<_> = subs.iter().filter(|h| &*h.id != connection_id).cloned().collect();
+                    *subs = Arc::from(next);
+                }
+                subs.is_empty()
+            })
+            .is_some();
+        if removed {
+            self.metrics.subscriptions.dec();
+        }
+        if emptied {
+            self.metrics.topics.dec();
+        }
+        emptied
+    }
+
+    /// Pushes the delivery's bytes to every local subscriber's queue. Returns how many
+    /// queued it.
+    pub fn fan_out(&self, delivery: &Delivery) -> usize {
+        let Some(subscribers) = self.topics.get(&delivery.topic).map(|s| s.clone()) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for handle in subscribers.iter() {
+            if delivery.exclude.as_deref().is_some_and(|id| id == &*handle.id) {
+                continue;
+            }
+            if handle.deliver(&delivery.frame, delivery.published_at, &self.metrics) {
+                queued += 1;
+            }
+        }
+        self.metrics.fanout_recipients.observe(queued as f64);
+        self.metrics.sent(&delivery.message_type, queued as u64);
+        queued
+    }
+
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        self.topics.get(topic).map_or(0, |s| s.len())
+    }
+}

@@ -1,0 +1,387 @@
+//! The `RealtimeApp` spec as users write it (DESIGN.md §3).
+//!
+//! These types are the *declared* form: they mirror the YAML field by field so that
+//! `kubectl apply` and `switchboard-server --app FILE` read the same document. Nothing
+//! here is checked beyond its shape; [`crate::compile`] turns a spec into the checked,
+//! ready-to-serve form and is the only place rules across fields live.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A whole `RealtimeApp` document, as found in a manifest file.
+///
+/// The server only needs `.metadata.name`, `.metadata.namespace` and `.spec`; the rest
+/// (`status`, labels, ...) is accepted and ignored so the exact file given to `kubectl
+/// apply` also runs locally.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppManifest {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ManifestMetadata,
+    pub spec: RealtimeAppSpec,
+}
+
+/// The part of Kubernetes object metadata the server uses: the app's identity, which
+/// names its NATS subjects and shows up in `$ws:open`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ManifestMetadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// `spec` of a RealtimeApp.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RealtimeAppSpec {
+    /// Number of server pods. Ignored while `autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Server image; the operator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pod-level scheduling and resource settings, passed through to the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+    /// Horizontal autoscaling; when set, the operator owns an HPA instead of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// The bus between replicas. Absent: an in-process bus, which only makes sense with
+    /// one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSettings>,
+    /// The Service in front of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSettings>,
+    /// Browser origins allowed to open a WebSocket. Absent: any origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub heartbeat: Heartbeat,
+    #[serde(default)]
+    pub drain: DrainSettings,
+    /// Named token buckets that routes draw from.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Who may subscribe to and publish on which topics.
+    #[serde(default)]
+    pub topics: Vec<TopicRule>,
+    /// The message types clients may send, each with exactly one action.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSettings {
+    /// Container resources (requests/limits), as in a Kubernetes container spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes tolerations, passed through unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscaling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    pub max_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsSettings {
+    /// e.g. `nats://nats.nats.svc:4222`.
+    pub url: String,
+    /// First token of every subject this app uses; `sb` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// How long a client IP sticks to one pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_timeout_seconds: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Tokenless connections are let in with the role `anonymous`. A token that is
+    /// present but invalid is still refused: a bad token is a bug worth surfacing.
+    #[serde(default)]
+    pub anonymous: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSettings>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Allow-list of JWS algorithms (`HS256`, `RS256`, `ES256`, `EdDSA`, ...). `none` is
+    /// never accepted.
+    pub algorithms: Vec<String>,
+    /// HMAC secret, for the `HS*` algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// PEM public key, for the `RS*`, `PS*`, `ES*` and `EdDSA` algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_ref: Option<SecretKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claim holding the user id; `sub` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id_claim: Option<String>,
+    /// Claim holding the roles (an array of strings, or one string); `roles` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`; 30 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway_seconds: Option<u32>,
+}
+
+/// A key of a Kubernetes Secret. Read from `<secrets-dir>/<name>/<key>`, where the
+/// operator mounts each referenced Secret, so local runs and pods read it the same way.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest inbound message, in bytes of the whole frame; larger closes with 1009.
+    pub max_payload_bytes: u32,
+    /// Open WebSockets per pod; the next upgrade gets HTTP 503.
+    pub max_connections: u32,
+    /// Open WebSockets per client IP per pod; the next upgrade gets HTTP 429.
+    pub max_connections_per_ip: u32,
+    pub max_subscriptions_per_connection: u32,
+    /// Frames waiting to be written to one client before `slowConsumer` applies.
+    pub outbound_queue_messages: u32,
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Close with 4003 after this long without an application message; 0: never.
+    pub idle_timeout_seconds: u32,
+    /// Time from TCP accept to a complete upgrade request.
+    pub handshake_timeout_seconds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 65_536,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_subscriptions_per_connection: 100,
+            outbound_queue_messages: 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            idle_timeout_seconds: 0,
+            handshake_timeout_seconds: 10,
+        }
+    }
+}
+
+/// What happens when a client does not read fast enough to keep its queue bounded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SlowConsumerPolicy {
+    /// Close with 4008: the client reconnects and resynchronises.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued delivery and count it: for feeds where only the latest matters.
+    DropOldest,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// Seconds between server pings; 0 turns pings off.
+    pub interval_seconds: u32,
+    /// Seconds to wait for the pong before closing with 4001.
+    pub timeout_seconds: u32,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 25,
+            timeout_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DrainSettings {
+    pub grace_period_seconds: u32,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        Self {
+            grace_period_seconds: 30,
+        }
+    }
+}
+
+/// A named token bucket.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub name: String,
+    /// Burst size: the most tokens the bucket holds.
+    pub capacity: u32,
+    /// Sustained rate: tokens added per second.
+    pub refill_per_second: f64,
+    /// Whose bucket it is.
+    #[serde(default)]
+    pub key: RateLimitKey,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitKey {
+    /// One bucket per WebSocket.
+    #[default]
+    Connection,
+    /// One bucket per user id, shared by all of the user's connections on a pod.
+    User,
+    /// One bucket per client IP on a pod.
+    Ip,
+}
+
+/// Access rules for topics whose name matches `pattern`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicRule {
+    /// Segments joined by `:`; a segment is a literal or a `{variable}`, e.g. `room:{roomId}`.
+    pub pattern: String,
+    /// Absent: any connection may subscribe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<TopicAccess>,
+    /// Absent: any connection may publish (through a route that publishes here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<TopicAccess>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicAccess {
+    /// The caller needs at least one of these roles. Absent: any role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// Name of a pattern variable that must equal the caller's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Publishing requires being subscribed to the topic (publish rules only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_subscribed: bool,
+}
+
+/// One message type a client may send.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// JSON Schema of `payload`. Absent: any payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// The caller needs at least one of these roles. Absent: any role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// Buckets charged, all or none, before the action runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit: Vec<BucketCost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<TopicAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<TopicAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardAction>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BucketCost {
+    pub bucket: String,
+    #[serde(default = "one")]
+    pub cost: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicAction {
+    /// Topic template, e.g. `room:{roomId}` or `user:{user.id}`.
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishAction {
+    pub topic: String,
+    /// Type of the frame subscribers receive; the route's own type when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<String>,
+    /// Do not deliver to the publishing connection itself.
+    #[serde(default)]
+    pub exclude_self: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAction {
+    /// NATS subject (dot-separated tokens) that backends answer on.
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Type of the reply frame; `$ws:ack` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// JSON Schema the backend's reply payload must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_schema: Option<Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardAction {
+    /// NATS subject (dot-separated tokens) the message is published to, fire-and-forget.
+    pub subject: String,
+}
