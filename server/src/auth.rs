@@ -303,7 +303,7 @@ mod tests {
         assert!(matches!(auth.verify(&hs512), Err(AuthError::Invalid(m)) if m.contains("not allowed")));
         let mut c = good_claims();
         c["exp"] = json!(now() - 60);
-        assert_eq!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid("the token has expired".into())));
+        assert!(matches!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid(m)) if m == "the token has expired"));
         let mut c = good_claims();
         c["iss"] = json!("https://evil.test");
         assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
@@ -313,7 +313,7 @@ mod tests {
         let mut c = good_claims();
         c.as_object_mut().unwrap().remove("exp");
         assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
-        assert_eq!(auth.authenticate(None, "anon").unwrap_err(), AuthError::Missing);
+        assert!(matches!(auth.authenticate(None, "anon"), Err(AuthError::Missing)));
     }
 
     #[test]
@@ -337,7 +337,9 @@ mod tests {
 
     #[test]
     fn missing_secret_names_the_field_and_path() {
-        let err = Authenticator::load(Some(&policy(&["HS256"])), false, Path::new("/nonexistent")).unwrap_err();
+        let Err(err) = Authenticator::load(Some(&policy(&["HS256"])), false, Path::new("/nonexistent")) else {
+            panic!("loading must fail without the secret");
+        };
         let msg = err.to_string();
         assert!(msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"), "{msg}");
     }

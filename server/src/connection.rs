@@ -237,7 +237,7 @@ async fn write_loop(
         let sleep_until = due.as_ref().map_or_else(|| Instant::now() + Duration::from_secs(3600), |(t, _)| *t);
         tokio::select! {
             biased;
-            () = handle.abort.cancelled() => return abort(&mut tx, state, handle).await,
+            () = handle.abort.cancelled() => return abort(&mut tx, state).await,
             () = handle.queue.pop_all(&mut batch) => {
                 match write_batch(&mut tx, state, handle, &mut batch).await {
                     Ok(None) => {}
@@ -327,8 +327,10 @@ async fn write_frames<'f>(tx: &mut Writer, frames: impl IntoIterator<Item = Fram
 
 /// The client overflowed its queue, or the process is exiting now: one short try to
 /// tell it why, then the socket is dropped.
-async fn abort(tx: &mut Writer, state: &AppState, handle: &ConnectionHandle) -> CloseReason {
-    let reason = if state.abort_all.is_cancelled() && !handle.queue.is_closing() {
+async fn abort(tx: &mut Writer, state: &AppState) -> CloseReason {
+    // The process-wide abort means shutdown, even for a connection that already had a
+    // (graceful) close queued; otherwise only an overflow fires a connection's abort.
+    let reason = if state.abort_all.is_cancelled() {
         CloseReason::Shutdown
     } else {
         CloseReason::SlowConsumer

@@ -251,7 +251,12 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
     }
     if let Some(origins) = &spec.allowed_origins {
         for (i, o) in origins.iter().enumerate() {
-            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+            // What a browser sends: scheme://host[:port], nothing after the authority.
+            let authority = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+            let valid = authority.is_some_and(|a| {
+                !a.is_empty() && !a.contains(['/', '?', '#', '@', ' ']) && !a.starts_with(':')
+            });
+            if !valid {
                 p.add(
                     format!("spec.allowedOrigins[{i}]"),
                     "must be an origin like https://chat.example.com (scheme and host, no path or trailing '/')",
@@ -325,13 +330,16 @@ fn compile_routes(
     p: &mut Problems,
 ) -> HashMap<String, Arc<CompiledRoute>> {
     let mut routes = HashMap::new();
+    // Separate from `routes`, which only holds routes that compiled: a duplicate of a
+    // broken route is reported in the same run.
+    let mut seen = HashSet::new();
     for (i, route) in spec.routes.iter().enumerate() {
         let path = format!("spec.routes[{i}]");
         let ty = &route.message_type;
         if let Err(e) = check_type_name(ty) {
             p.add(format!("{path}.type"), e);
         }
-        if routes.contains_key(ty) {
+        if !seen.insert(ty.as_str()) {
             p.add(format!("{path}.type"), format!("{ty:?} is declared twice"));
         }
         let validator = route.payload.as_ref().and_then(|schema| {

@@ -23,7 +23,7 @@ pub const ERROR_TYPE: &str = "ERROR";
 pub const RPC_ERROR_TYPE: &str = "RPC_ERROR";
 
 /// Reads a RealtimeApp manifest from YAML (or JSON), naming the field at fault when
-/// its shape is wrong (`spec.routes[2].publish: unknown field "topc"`).
+/// its shape is wrong (`spec.routes[2].topc: unknown field`).
 pub fn parse_manifest(yaml: &str) -> Result<AppManifest, SpecErrors> {
     let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| {
         SpecErrors(vec![SpecError {

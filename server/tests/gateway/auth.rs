@@ -1,0 +1,200 @@
+//! Authentication at upgrade, token refresh with `$ws:auth`, expiry, and Origin checks.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::harness::*;
+
+fn request(url: &str, headers: &[(&'static str, &str)]) -> tokio_tungstenite::tungstenite::http::Request<()> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    req
+}
+
+async fn refused(url: &str, headers: &[(&'static str, &str)]) -> Refused {
+    match Client::connect_request(request(url, headers)).await {
+        Ok(c) => panic!("expected a refusal, got a connection: {}", c.open),
+        Err(r) => r,
+    }
+}
+
+const TOKEN_ONLY: &str = "anonymous: true\n    jwt:";
+
+#[tokio::test]
+async fn tokens_are_read_from_query_header_and_subprotocol() {
+    let server = TestServer::start(TEST_APP).await;
+    let token = hs256(claims("alice", 60));
+
+    let c = Client::connect(&format!("{}?access_token={token}", server.url())).await;
+    assert_eq!(c.open["user"]["id"], "alice");
+    assert_eq!(c.open["user"]["anonymous"], false);
+
+    let bearer = format!("Bearer {token}");
+    let c = Client::connect_request(request(&server.url(), &[("authorization", &bearer)]))
+        .await
+        .unwrap();
+    assert_eq!(c.open["user"]["id"], "alice");
+
+    // Browsers offer the token as a subprotocol; the server must pick one they offered.
+    let offer = format!("switchboard.v1, bearer.{token}");
+    let c = Client::connect_request(request(&server.url(), &[("sec-websocket-protocol", &offer)]))
+        .await
+        .unwrap();
+    assert_eq!(c.open["user"]["id"], "alice");
+    assert_eq!(c.headers["sec-websocket-protocol"], "switchboard.v1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_anonymous_access_a_token_is_required() {
+    let server = TestServer::start(&with(TEST_APP, &[(TOKEN_ONLY, "anonymous: false\n    jwt:")])).await;
+    let r = refused(&server.url(), &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("UNAUTHENTICATED"), "{}", r.body);
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, r#"switchboard_upgrades_rejected_total{reason="unauthenticated"}"#), Some(1.0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_401_even_where_anonymous_is_allowed() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut expired = claims("alice", 0);
+    expired["exp"] = json!(now() - 10);
+    let mut wrong_issuer = claims("alice", 60);
+    wrong_issuer["iss"] = json!("https://evil.test");
+    let mut wrong_audience = claims("alice", 60);
+    wrong_audience["aud"] = json!("other-app");
+    let mut no_exp = claims("alice", 60);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let hs512 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        &claims("alice", 60),
+        &EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap();
+    let wrong_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice", 60),
+        &EncodingKey::from_secret(b"not-the-secret"),
+    )
+    .unwrap();
+    // {"alg":"none"} with valid claims and no signature.
+    let alg_none = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+        base64url(&claims("alice", 60).to_string())
+    );
+    let cases = [
+        ("expired", hs256(expired), "expired"),
+        ("wrong issuer", hs256(wrong_issuer), "issuer"),
+        ("wrong audience", hs256(wrong_audience), "audience"),
+        ("no exp", hs256(no_exp), "exp"),
+        ("algorithm outside the allow-list", hs512, "algorithm"),
+        ("wrong key", wrong_key, "signature"),
+        ("alg none", alg_none, "token"),
+        ("garbage", "not.a.token".to_owned(), "token"),
+    ];
+    for (what, token, phrase) in cases {
+        let r = refused(&format!("{}?access_token={token}", server.url()), &[]).await;
+        assert_eq!(r.status, 401, "{what}");
+        assert!(r.body.contains(phrase), "{what}: {}", r.body);
+        assert!(!r.body.contains(&token), "{what}: the token must not be echoed");
+    }
+    server.stop().await;
+}
+
+fn base64url(s: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn public_key_algorithms_verify_with_the_mounted_key() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (alg, name, public, private) in [
+        ("EdDSA", Algorithm::EdDSA, "ed25519-public.pem", "ed25519-private.pem"),
+        ("ES256", Algorithm::ES256, "ec-public.pem", "ec-private.pem"),
+    ] {
+        let app = with(
+            TEST_APP,
+            &[
+                ("algorithms: [HS256]", &format!("algorithms: [{alg}]")),
+                ("secretRef: {name: jwt, key: secret}", &format!("publicKeyRef: {{name: keys, key: {public}}}")),
+            ],
+        );
+        let server = TestServer::start(&app).await;
+        let pem = std::fs::read(fixtures.join(private)).unwrap();
+        let key = match name {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(name), &claims("kim", 60), &key).unwrap();
+        let c = Client::connect(&format!("{}?access_token={token}", server.url())).await;
+        assert_eq!(c.open["user"]["id"], "kim", "{alg}");
+        // An HMAC token is refused by a public-key-only app.
+        let r = refused(&format!("{}?access_token={}", server.url(), hs256(claims("kim", 60))), &[]).await;
+        assert_eq!(r.status, 401, "{alg}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_the_connection_with_4401() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("eve", 2)))).await;
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, 4401);
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, r#"switchboard_connections_closed_total{reason="token_expired"}"#), Some(1.0), "{m}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refreshed_token_keeps_the_connection_open() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("eve", 2)))).await;
+
+    let e = c.call("$ws:auth", "bad", json!({"token": "garbage"})).await;
+    assert_error(&e, "ERROR", "UNAUTHENTICATED", Some("bad"));
+    let e = c.call("$ws:auth", "other", json!({"token": hs256(claims("mallory", 60))})).await;
+    assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("other"));
+    let e = c.call("$ws:auth", "none", json!({})).await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("none"));
+
+    let ack = c.call("$ws:auth", "fresh", json!({"token": hs256(claims("eve", 60))})).await;
+    assert_eq!(ack["type"], "$ws:ack", "{ack}");
+    assert!(ack["payload"]["expiresAt"].as_u64().unwrap() > now() * 1000 + 50_000);
+    c.expect_silence(Duration::from_secs(3)).await;
+    c.assert_alive().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn upgrades_from_origins_not_on_the_list_get_403() {
+    let app = with(
+        TEST_APP,
+        &[("  auth:\n", "  allowedOrigins: [\"https://chat.example.com\"]\n  auth:\n")],
+    );
+    let server = TestServer::start(&app).await;
+    let r = refused(&server.url(), &[("origin", "https://evil.example.com")]).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("PERMISSION_DENIED"), "{}", r.body);
+    Client::connect_request(request(&server.url(), &[("origin", "https://chat.example.com")]))
+        .await
+        .unwrap();
+    // Non-browser clients send no Origin; the check protects browsers only.
+    server.client().await;
+    server.stop().await;
+}

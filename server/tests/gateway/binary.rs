@@ -1,0 +1,204 @@
+//! The `switchboard-server` binary as a user runs it: flags, the built-in example app,
+//! exit codes, logs, and SIGTERM.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard-server");
+
+async fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("SWITCHBOARD_SECRETS_DIR", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn a_bad_flag_prints_usage_and_exits_2() {
+    let (code, text) = run_to_end(&["--no-such-flag"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("Usage"), "{text}");
+    let (code, text) = run_to_end(&["--listen", "not-an-address"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--listen"), "{text}");
+}
+
+#[tokio::test]
+async fn an_invalid_app_names_the_field_and_exits_2_before_listening() {
+    let dir = std::env::temp_dir().join(format!("sb-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    let bad = TEST_APP.replacen("publish: {topic: \"room:{roomId}\", emit: SAID}", "publish: {topic: \"room:{nope}\", emit: SAID}", 1);
+    std::fs::write(&file, bad).unwrap();
+    let (code, text) = run_to_end(&["--app", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("spec.routes[2].publish.topic") && text.contains("{nope}"), "{text}");
+    assert!(!text.contains("serving"), "{text}");
+
+    std::fs::write(&file, TEST_APP.replacen("      forward: {subject: tells}", "      forwrd: {subject: tells}", 1)).unwrap();
+    let (code, text) = run_to_end(&["--app", file.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("spec.routes[11]") && text.contains("forwrd"), "{text}");
+
+    let (code, text) = run_to_end(&["--app", dir.join("missing.yaml").to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("missing.yaml"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn check_validates_app_and_secrets() {
+    let (code, text) = run_to_end(&["--check"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("built-in example app: ok"), "{text}");
+    let dir = std::env::temp_dir().join(format!("sb-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.yaml"), TEST_APP).unwrap();
+    // TEST_APP needs the jwt Secret, which /nonexistent does not hold.
+    let (code, text) = run_to_end(&["--check", "--app", dir.join("app.yaml").to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("spec.auth.jwt.secretRef"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A running binary with its stderr collected.
+struct Running {
+    child: Child,
+    ws: String,
+    admin: std::net::SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+async fn start_default_app() -> Running {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--instance", "bin-0"])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("serving")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line.clone());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the server did not start")
+        .unwrap();
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line}"))
+            .to_owned()
+    };
+    Running {
+        child,
+        ws: format!("ws://{}/ws", field("ws")),
+        admin: field("admin").parse().unwrap(),
+        log,
+    }
+}
+
+#[tokio::test]
+async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
+    let mut server = start_default_app().await;
+    let (status, _) = http_get(server.admin, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get(server.admin, "/readyz").await;
+    assert_eq!(status, 200);
+
+    let mut alice = Client::connect(&server.ws).await;
+    let mut bob = Client::connect(&server.ws).await;
+    assert_eq!(alice.open["app"], "chat");
+    for (c, id) in [(&mut alice, "a"), (&mut bob, "b")] {
+        let ack = c.call("JOIN_ROOM", id, json!({"roomId": "lobby"})).await;
+        assert_eq!(ack["payload"]["topic"], "room:lobby");
+    }
+    bob.tell("TYPING", json!({"roomId": "lobby"})).await;
+    assert_eq!(alice.recv().await["type"], "USER_TYPING");
+    bob.tell("SEND_MESSAGE", json!({"roomId": "lobby", "text": "hello"})).await;
+    for c in [&mut alice, &mut bob] {
+        let m = c.recv().await;
+        assert_eq!(m["type"], "ROOM_MESSAGE");
+        assert_eq!(m["payload"]["text"], "hello");
+    }
+    // A private inbox: only its owner may watch it; anyone may write to it.
+    let alice_id = alice.open["user"]["id"].as_str().unwrap().to_owned();
+    let e = bob.call("WATCH_INBOX", "w", json!({"userId": alice_id})).await;
+    assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("w"));
+    alice.call("WATCH_INBOX", "w", json!({"userId": alice_id})).await;
+    bob.tell("SEND_DIRECT", json!({"userId": alice_id, "text": "psst"})).await;
+    assert_eq!(alice.recv().await["type"], "DIRECT_MESSAGE");
+    let e = alice.call("FETCH_PROFILE", "p", json!({"userId": "x"})).await;
+    assert_error(&e, "RPC_ERROR", "UNAVAILABLE", Some("p"));
+
+    // A token that fails verification is refused, and never written to the log.
+    let secret_token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b3Atc2VjcmV0In0.c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtbGVhaw";
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "{}?access_token={secret_token}",
+        server.ws
+    ))
+    .unwrap();
+    assert_eq!(Client::connect_request(req).await.err().unwrap().status, 401);
+
+    // SIGTERM: every client is closed with 1001 and the process exits 0.
+    let pid = server.child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert_eq!(alice.expect_close(Duration::from_secs(5)).await, 1001);
+    assert_eq!(bob.expect_close(Duration::from_secs(5)).await, 1001);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("the server must exit after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("connection"), "debug logs were captured: {log}");
+    for part in secret_token.split('.') {
+        assert!(!log.contains(part), "a token part leaked into the log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_when_asked() {
+    let child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["message"], "serving");
+    assert!(v["ws"].as_str().is_some(), "{v}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests of switchboard-server over real sockets (one test binary, many
+//! modules, so the suite links once).
+
+mod auth;
+mod binary;
+mod harness;
+mod heartbeat;
+mod limits;
+mod protocol;
+mod routing;

@@ -1,0 +1,139 @@
+//! Wire protocol v1: the envelope, replies, acks and every rejection of a bad message.
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn open_frame_announces_connection_instance_user_and_limits() {
+    let server = TestServer::start(TEST_APP).await;
+    let c = server.client().await;
+    let open = &c.open;
+    assert!(open["connectionId"].as_str().unwrap().starts_with("test-0-"));
+    assert_eq!(open["instance"], "test-0");
+    assert_eq!(open["app"], "test");
+    assert_eq!(open["protocol"], "switchboard.v1");
+    assert_eq!(open["user"]["anonymous"], true);
+    assert_eq!(open["user"]["roles"], json!(["anonymous"]));
+    assert!(open["user"]["id"].as_str().unwrap().starts_with("anon-"));
+    assert_eq!(open["heartbeat"]["intervalMs"], 25000);
+    assert_eq!(open["heartbeat"]["timeoutMs"], 10000);
+    assert_eq!(open["limits"]["maxPayloadBytes"], 2048);
+    assert_eq!(open["limits"]["maxSubscriptions"], 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acks_carry_the_correlation_id_and_no_id_means_no_ack() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+    let ack = c.call("JOIN", "c1", json!({"roomId": "r1"})).await;
+    assert_eq!(ack["type"], "$ws:ack");
+    assert_eq!(ack["meta"]["correlationId"], "c1");
+    assert_eq!(ack["payload"]["topic"], "room:r1");
+    assert!(ack["meta"]["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    c.tell("LEAVE", json!({"roomId": "r1"})).await;
+    // The leave has no correlation id: nothing comes back, and the next call is answered next.
+    c.assert_alive().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn app_level_heartbeat_is_answered() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+    let r = c.call("__heartbeat", "h1", json!(null)).await;
+    assert_eq!(r["type"], "__heartbeat_ack");
+    assert_eq!(r["meta"]["correlationId"], "h1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+
+    c.send_text("{not json").await;
+    let e = c.recv().await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", None);
+    assert!(e["payload"]["message"].as_str().unwrap().contains("JSON"), "{e}");
+
+    c.send_text(r#"{"type":"JOIN","meta":{"correlationId":"k1"},"payload":{"roomId":"a"},"extra":true}"#)
+        .await;
+    let e = c.recv().await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("k1"));
+    assert!(e["payload"]["message"].as_str().unwrap().contains("extra"), "{e}");
+
+    c.send_text("[1,2,3]").await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+
+    c.send_text(r#"{"payload":{}}"#).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+
+    c.send_text(&json!({"type": "x".repeat(129)}).to_string()).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+
+    let e = c.call("NO_SUCH_TYPE", "u1", json!({})).await;
+    assert_error(&e, "ERROR", "UNIMPLEMENTED", Some("u1"));
+
+    let e = c.call("$ws:open", "u2", json!({})).await;
+    assert_error(&e, "ERROR", "UNIMPLEMENTED", Some("u2"));
+
+    c.send_message(Message::binary(vec![1u8, 2, 3])).await;
+    let e = c.recv().await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", None);
+    assert!(e["payload"]["message"].as_str().unwrap().contains("binary"), "{e}");
+
+    c.assert_alive().await;
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, r#"switchboard_errors_total{code="INVALID_ARGUMENT"}"#), Some(6.0), "{m}");
+    assert_eq!(metric(&m, r#"switchboard_errors_total{code="UNIMPLEMENTED"}"#), Some(2.0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn schema_violations_name_the_failing_field_by_json_pointer() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+    c.call("JOIN", "j", json!({"roomId": "r1"})).await;
+
+    let e = c.call("SAY", "s1", json!({"roomId": "r1", "text": "x".repeat(101)})).await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s1"));
+    assert_eq!(e["payload"]["retryable"], false);
+    assert_eq!(e["payload"]["details"]["field"], "/text");
+    assert_eq!(e["payload"]["details"]["errors"][0]["pointer"], "/text");
+
+    let e = c.call("SAY", "s2", json!({"roomId": "r1", "text": "hi", "color": "red"})).await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s2"));
+    assert!(e["payload"]["details"]["errors"][0]["message"].as_str().unwrap().contains("color"), "{e}");
+
+    let e = c.call("SAY", "s3", json!({"text": "hi"})).await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s3"));
+    assert_eq!(e["payload"]["details"]["field"], "");
+
+    c.send(json!({"type": "SAY", "meta": {"correlationId": "s4"}})).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", Some("s4"));
+
+    c.assert_alive().await;
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, r#"switchboard_validation_failures_total{type="SAY"}"#), Some(4.0), "{m}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn topic_values_that_would_reach_a_nats_wildcard_or_another_app_are_refused() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+    for (i, evil) in ["a.b", "*", ">", "x:y", "sb.tests.other.t.room", "", "a b"].iter().enumerate() {
+        let e = c.call("JOIN", &format!("e{i}"), json!({"roomId": evil})).await;
+        assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some(&format!("e{i}")));
+        assert_eq!(e["payload"]["details"]["field"], "/roomId", "{evil:?}: {e}");
+    }
+    let e = c.call("JOIN", "n", json!({"roomId": {"nested": 1}})).await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("n"));
+    // Integers are fine topic values.
+    let ok = c.call("JOIN", "i", json!({"roomId": 42})).await;
+    assert_eq!(ok["payload"]["topic"], "room:42");
+    server.stop().await;
+}
