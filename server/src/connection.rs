@@ -225,9 +225,11 @@ async fn write_loop(
     liveness.touch_activity();
     let mut batch = Vec::with_capacity(64);
     loop {
+        // On a tie the earlier entry wins: a pong that is due is judged before the next
+        // ping goes out.
         let mut due = [
-            next_ping.map(|t| (t, Due::Ping)),
             awaiting_pong.map(|sent| (sent + pong_within, Due::PongOverdue)),
+            next_ping.map(|t| (t, Due::Ping)),
             idle_after.map(|d| (liveness.last_activity() + d, Due::Idle)),
             liveness.expiry().map(|t| (t, Due::TokenExpired)),
         ]
@@ -254,7 +256,8 @@ async fn write_loop(
                         if write_frames(&mut tx, [ping]).await.is_err() {
                             return CloseReason::Client;
                         }
-                        awaiting_pong = Some(now);
+                        // The oldest unanswered ping sets the pong deadline.
+                        awaiting_pong = awaiting_pong.or(Some(now));
                         next_ping = ping_every.map(|d| now + d);
                     }
                     Some((_, Due::PongOverdue)) => {
@@ -271,7 +274,7 @@ async fn write_loop(
                         }
                     }
                     Some((_, Due::TokenExpired)) => {
-                        if liveness.expiry().is_some_and(|t| t <= now) {
+                        if liveness.token_expired() {
                             handle.queue.close(protocol::close::TOKEN_EXPIRED, CloseReason::TokenExpired);
                         }
                     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 pub struct Liveness {
-    /// All instants below are stored as milliseconds since this one.
+    /// Instants below are stored as nanoseconds since this one: a pong can arrive within
+    /// the same millisecond as its ping, and must still count as after it.
     base: Instant,
     last_pong: AtomicU64,
     last_activity: AtomicU64,
@@ -34,11 +35,11 @@ impl Liveness {
     }
 
     fn since_base(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_millis() as u64
+        t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    fn at(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms)
+    fn at(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
     }
 
     pub fn touch_pong(&self) {
@@ -63,7 +64,13 @@ impl Liveness {
         self.changed.notify_one();
     }
 
-    /// When the token expires, as an `Instant` on this process's clock.
+    /// Whether the token's expiry has passed, judged on the wall clock like `exp` itself.
+    pub fn token_expired(&self) -> bool {
+        let at = self.expires_at_unix_ms.load(Ordering::Acquire);
+        at != 0 && unix_ms(SystemTime::now()) >= at
+    }
+
+    /// When the token expires, as an `Instant` on this process's clock (to sleep until).
     pub fn expiry(&self) -> Option<Instant> {
         let at = self.expires_at_unix_ms.load(Ordering::Acquire);
         if at == 0 {

@@ -156,8 +156,7 @@ async fn an_expired_token_closes_the_connection_with_4401() {
     let server = TestServer::start(TEST_APP).await;
     let mut c = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("eve", 2)))).await;
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, 4401);
-    let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_connections_closed_total{reason="token_expired"}"#), Some(1.0), "{m}");
+    wait_for_metric(&server, r#"switchboard_connections_closed_total{reason="token_expired"}"#, 1.0).await;
     server.stop().await;
 }
 

@@ -182,6 +182,20 @@ impl TestServer {
     }
 }
 
+/// Polls /metrics until `series` has `value` (connections finish closing after their
+/// close frame, so counters of closes settle a moment later). Returns the last text.
+pub async fn wait_for_metric(server: &TestServer, series: &str, value: f64) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = server.metrics().await;
+        if metric(&text, series) == Some(value) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{series} never reached {value}:\n{text}");
+}
+
 /// The value of a metric line (`name{labels} value`) in a Prometheus text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

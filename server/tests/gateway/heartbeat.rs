@@ -17,8 +17,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_4001() {
     // Not reading means not answering the server's pings.
     tokio::time::sleep(Duration::from_millis(2600)).await;
     assert_eq!(c.expect_close(Duration::from_secs(3)).await, 4001);
-    let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_connections_closed_total{reason="heartbeat_timeout"}"#), Some(1.0), "{m}");
+    wait_for_metric(&server, r#"switchboard_connections_closed_total{reason="heartbeat_timeout"}"#, 1.0).await;
     server.stop().await;
 }
 

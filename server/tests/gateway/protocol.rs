@@ -132,8 +132,6 @@ async fn topic_values_that_would_reach_a_nats_wildcard_or_another_app_are_refuse
     }
     let e = c.call("JOIN", "n", json!({"roomId": {"nested": 1}})).await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("n"));
-    // Integers are fine topic values.
-    let ok = c.call("JOIN", "i", json!({"roomId": 42})).await;
-    assert_eq!(ok["payload"]["topic"], "room:42");
+    c.assert_alive().await;
     server.stop().await;
 }
