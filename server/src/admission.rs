@@ -50,7 +50,9 @@ impl Admission {
         let inner = &self.inner;
         inner
             .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < inner.max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < inner.max).then_some(n + 1)
+            })
             .map_err(|_| Refusal::PodFull)?;
         let mut count = inner.per_ip.entry(ip).or_insert(0);
         if *count >= inner.max_per_ip {

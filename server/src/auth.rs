@@ -28,7 +28,9 @@ pub struct Authenticated {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("a token is required (access_token query parameter, Authorization: Bearer, or subprotocol bearer.<token>)")]
+    #[error(
+        "a token is required (access_token query parameter, Authorization: Bearer, or subprotocol bearer.<token>)"
+    )]
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -37,7 +39,9 @@ pub enum AuthError {
 /// A secret or key that could not be loaded at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
-    #[error("cannot read {field} from {path}: {source} (is the Secret mounted under --secrets-dir?)")]
+    #[error(
+        "cannot read {field} from {path}: {source} (is the Secret mounted under --secrets-dir?)"
+    )]
     Read {
         field: &'static str,
         path: PathBuf,
@@ -65,14 +69,24 @@ struct JwtVerifier {
 }
 
 impl Authenticator {
-    pub fn load(policy: Option<&JwtPolicy>, anonymous: bool, secrets_dir: &Path) -> Result<Self, AuthSetupError> {
-        let jwt = policy.map(|p| JwtVerifier::load(p, secrets_dir)).transpose()?;
+    pub fn load(
+        policy: Option<&JwtPolicy>,
+        anonymous: bool,
+        secrets_dir: &Path,
+    ) -> Result<Self, AuthSetupError> {
+        let jwt = policy
+            .map(|p| JwtVerifier::load(p, secrets_dir))
+            .transpose()?;
         Ok(Self { anonymous, jwt })
     }
 
     /// Verifies the token presented at upgrade, or admits an anonymous caller when the
     /// app allows it and no token was presented.
-    pub fn authenticate(&self, token: Option<&str>, anonymous_user_id: &str) -> Result<Authenticated, AuthError> {
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        anonymous_user_id: &str,
+    ) -> Result<Authenticated, AuthError> {
         match token {
             None if self.anonymous => Ok(Authenticated {
                 identity: Identity {
@@ -92,7 +106,9 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
         match &self.jwt {
             Some(v) => v.verify(token),
-            None => Err(AuthError::Invalid("this app accepts no tokens (spec.auth.jwt is not set)".into())),
+            None => Err(AuthError::Invalid(
+                "this app accepts no tokens (spec.auth.jwt is not set)".into(),
+            )),
         }
     }
 }
@@ -106,11 +122,19 @@ fn family_name(f: AlgorithmFamily) -> &'static str {
     }
 }
 
-fn read_secret(dir: &Path, r: &SecretKeyRef, field: &'static str) -> Result<(PathBuf, Vec<u8>), AuthSetupError> {
+fn read_secret(
+    dir: &Path,
+    r: &SecretKeyRef,
+    field: &'static str,
+) -> Result<(PathBuf, Vec<u8>), AuthSetupError> {
     let path = dir.join(&r.name).join(&r.key);
     std::fs::read(&path)
         .map(|bytes| (path.clone(), bytes))
-        .map_err(|source| AuthSetupError::Read { field, path, source })
+        .map_err(|source| AuthSetupError::Read {
+            field,
+            path,
+            source,
+        })
 }
 
 impl JwtVerifier {
@@ -122,13 +146,20 @@ impl JwtVerifier {
             .filter_map(|a| Algorithm::from_str(a).ok())
             .collect();
         let hmac = match &policy.secret_ref {
-            Some(r) if algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac) => {
+            Some(r)
+                if algorithms
+                    .iter()
+                    .any(|a| a.family() == AlgorithmFamily::Hmac) =>
+            {
                 let (_, secret) = read_secret(dir, r, "spec.auth.jwt.secretRef")?;
                 Some(DecodingKey::from_secret(&secret))
             }
             _ => None,
         };
-        let public_family = algorithms.iter().map(|a| a.family()).find(|f| *f != AlgorithmFamily::Hmac);
+        let public_family = algorithms
+            .iter()
+            .map(|a| a.family())
+            .find(|f| *f != AlgorithmFamily::Hmac);
         let public = match (&policy.public_key_ref, public_family) {
             (Some(r), Some(family)) => {
                 let field = "spec.auth.jwt.publicKeyRef";
@@ -175,7 +206,8 @@ impl JwtVerifier {
 
     fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
         let invalid = |m: &str| AuthError::Invalid(m.to_owned());
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(describe(&e)))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(describe(&e)))?;
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not allowed (spec.auth.jwt.algorithms)",
@@ -202,7 +234,9 @@ impl JwtVerifier {
         };
         let mut roles = vec![USER_ROLE.to_owned()];
         match claims.get(&self.policy.roles_claim) {
-            Some(Value::Array(items)) => roles.extend(items.iter().filter_map(Value::as_str).map(str::to_owned)),
+            Some(Value::Array(items)) => {
+                roles.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
             Some(Value::String(s)) => roles.extend(s.split_whitespace().map(str::to_owned)),
             _ => {}
         }
@@ -276,7 +310,12 @@ mod tests {
     }
 
     fn token(alg: Algorithm, claims: Value) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
     }
 
     fn now() -> u64 {
@@ -290,7 +329,9 @@ mod tests {
     #[test]
     fn accepts_a_valid_token_with_roles_and_expiry() {
         let (_d, auth) = setup(&["HS256"]);
-        let a = auth.authenticate(Some(&token(Algorithm::HS256, good_claims())), "anon").unwrap();
+        let a = auth
+            .authenticate(Some(&token(Algorithm::HS256, good_claims())), "anon")
+            .unwrap();
         assert_eq!(a.identity.user_id, "alice");
         assert_eq!(a.identity.roles, vec!["user", "admin"]);
         assert!(a.expires_at.unwrap() > SystemTime::now() + Duration::from_secs(60));
@@ -300,10 +341,14 @@ mod tests {
     fn rejects_wrong_alg_expired_issuer_audience_and_missing_token() {
         let (_d, auth) = setup(&["HS256"]);
         let hs512 = token(Algorithm::HS512, good_claims());
-        assert!(matches!(auth.verify(&hs512), Err(AuthError::Invalid(m)) if m.contains("not allowed")));
+        assert!(
+            matches!(auth.verify(&hs512), Err(AuthError::Invalid(m)) if m.contains("not allowed"))
+        );
         let mut c = good_claims();
         c["exp"] = json!(now() - 60);
-        assert!(matches!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid(m)) if m == "the token has expired"));
+        assert!(
+            matches!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid(m)) if m == "the token has expired")
+        );
         let mut c = good_claims();
         c["iss"] = json!("https://evil.test");
         assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
@@ -313,14 +358,18 @@ mod tests {
         let mut c = good_claims();
         c.as_object_mut().unwrap().remove("exp");
         assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
-        assert!(matches!(auth.authenticate(None, "anon"), Err(AuthError::Missing)));
+        assert!(matches!(
+            auth.authenticate(None, "anon"),
+            Err(AuthError::Missing)
+        ));
     }
 
     #[test]
     fn rejects_alg_none_and_garbage() {
         let (_d, auth) = setup(&["HS256"]);
         // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
-        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        let none =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(auth.verify(none).is_err());
         assert!(auth.verify("not-a-token").is_err());
     }
@@ -337,11 +386,16 @@ mod tests {
 
     #[test]
     fn missing_secret_names_the_field_and_path() {
-        let Err(err) = Authenticator::load(Some(&policy(&["HS256"])), false, Path::new("/nonexistent")) else {
+        let Err(err) =
+            Authenticator::load(Some(&policy(&["HS256"])), false, Path::new("/nonexistent"))
+        else {
             panic!("loading must fail without the secret");
         };
         let msg = err.to_string();
-        assert!(msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"), "{msg}");
+        assert!(
+            msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"),
+            "{msg}"
+        );
     }
 
     /// A scratch directory removed on drop (no extra crate for one test helper).
@@ -349,7 +403,11 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!("sb-auth-{}-{}", std::process::id(), rand::random::<u64>()));
+                let p = std::env::temp_dir().join(format!(
+                    "sb-auth-{}-{}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
                 std::fs::create_dir_all(&p).unwrap();
                 Self(p)
             }

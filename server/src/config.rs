@@ -26,7 +26,11 @@ pub struct Cli {
     pub app: Option<PathBuf>,
 
     /// Where Secrets named by secretRef/publicKeyRef are mounted: <dir>/<name>/<key>.
-    #[arg(long, env = "SWITCHBOARD_SECRETS_DIR", default_value = "/etc/switchboard/secrets")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SECRETS_DIR",
+        default_value = "/etc/switchboard/secrets"
+    )]
     pub secrets_dir: PathBuf,
 
     /// This replica's name, shown to clients and in connection ids. Default: the pod

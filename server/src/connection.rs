@@ -10,13 +10,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{
+    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, Instrument};
+use tracing::{Instrument, debug, info_span};
 
 use crate::handle::ConnectionHandle;
 use crate::outbound::Outbound;
@@ -94,9 +96,10 @@ fn send_open(state: &AppState, session: &Session) {
         },
     });
     state.metrics.sent(protocol::OPEN_TYPE, 1);
-    session
-        .handle
-        .send(protocol::encode_reply(protocol::OPEN_TYPE, None, &payload), &state.metrics);
+    session.handle.send(
+        protocol::encode_reply(protocol::OPEN_TYPE, None, &payload),
+        &state.metrics,
+    );
 }
 
 /// A frame's payload bytes, whatever fastwebsockets handed us.
@@ -105,7 +108,12 @@ fn payload_bytes<'a>(frame: &'a Frame<'_>) -> &'a [u8] {
 }
 
 /// Reads until the client closes, the socket fails, or the writer has finished.
-async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session, writer_done: &CancellationToken) {
+async fn read_loop(
+    mut rx: Reader,
+    state: &Arc<AppState>,
+    session: &mut Session,
+    writer_done: &CancellationToken,
+) {
     let max = state.app.spec.limits.max_payload_bytes as usize;
     // fastwebsockets refuses a single frame of `max_message_size` bytes or more.
     rx.set_max_message_size(max + 1);
@@ -124,7 +132,9 @@ async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session,
         let frame = match frame {
             Ok(frame) => frame,
             Err(WebSocketError::FrameTooLarge) => {
-                handle.queue.close(protocol::close::TOO_BIG, CloseReason::TooBig);
+                handle
+                    .queue
+                    .close(protocol::close::TOO_BIG, CloseReason::TooBig);
                 break;
             }
             Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
@@ -149,9 +159,13 @@ async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session,
                 partial = Some((frame.opcode == OpCode::Text, payload_bytes(&frame).to_vec()));
             }
             OpCode::Continuation if partial.is_some() => {
-                let Some((is_text, mut buf)) = partial.take() else { break };
+                let Some((is_text, mut buf)) = partial.take() else {
+                    break;
+                };
                 if buf.len() + frame.payload.len() > max {
-                    handle.queue.close(protocol::close::TOO_BIG, CloseReason::TooBig);
+                    handle
+                        .queue
+                        .close(protocol::close::TOO_BIG, CloseReason::TooBig);
                     break;
                 }
                 buf.extend_from_slice(payload_bytes(&frame));
@@ -167,7 +181,11 @@ async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session,
                 }
             }
             OpCode::Ping => {
-                handle.queue.push(Outbound::Pong(bytes::Bytes::copy_from_slice(payload_bytes(&frame))));
+                handle
+                    .queue
+                    .push(Outbound::Pong(bytes::Bytes::copy_from_slice(
+                        payload_bytes(&frame),
+                    )));
             }
             OpCode::Pong => session.liveness.touch_pong(),
             OpCode::Close => {
@@ -176,7 +194,11 @@ async fn read_loop(mut rx: Reader, state: &Arc<AppState>, session: &mut Session,
                     _ => 1000,
                 };
                 // Echo the client's code, as RFC 6455 asks, when it is one we may send.
-                let echo = if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) { code } else { 1000 };
+                let echo = if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) {
+                    code
+                } else {
+                    1000
+                };
                 handle.queue.close(echo, CloseReason::Client);
                 break;
             }
@@ -236,7 +258,9 @@ async fn write_loop(
         .into_iter()
         .flatten()
         .min_by_key(|(t, _)| *t);
-        let sleep_until = due.as_ref().map_or_else(|| Instant::now() + Duration::from_secs(3600), |(t, _)| *t);
+        let sleep_until = due
+            .as_ref()
+            .map_or_else(|| Instant::now() + Duration::from_secs(3600), |(t, _)| *t);
         tokio::select! {
             biased;
             () = handle.abort.cancelled() => return abort(&mut tx, state).await,
@@ -268,17 +292,14 @@ async fn write_loop(
                             awaiting_pong = None;
                         }
                     }
-                    Some((_, Due::Idle)) => {
-                        if liveness.last_activity() + idle_after.unwrap_or_default() <= now {
-                            handle.queue.close(protocol::close::IDLE_TIMEOUT, CloseReason::IdleTimeout);
-                        }
+                    Some((_, Due::Idle)) if liveness.last_activity() + idle_after.unwrap_or_default() <= now => {
+                        handle.queue.close(protocol::close::IDLE_TIMEOUT, CloseReason::IdleTimeout);
                     }
-                    Some((_, Due::TokenExpired)) => {
-                        if liveness.token_expired() {
-                            handle.queue.close(protocol::close::TOKEN_EXPIRED, CloseReason::TokenExpired);
-                        }
+                    Some((_, Due::TokenExpired)) if liveness.token_expired() => {
+                        handle.queue.close(protocol::close::TOKEN_EXPIRED, CloseReason::TokenExpired);
                     }
-                    None => {}
+                    // Activity or a refresh moved the deadline: recompute it.
+                    Some((_, Due::Idle | Due::TokenExpired)) | None => {}
                 }
             }
         }
@@ -295,15 +316,27 @@ async fn write_batch(
     let work = async {
         for item in batch.drain(..) {
             let result = match item {
-                Outbound::Frame(bytes) => tx.write_frame(Frame::text(Payload::Borrowed(&bytes))).await,
-                Outbound::Delivery { frame, published_at } => {
+                Outbound::Frame(bytes) => {
+                    tx.write_frame(Frame::text(Payload::Borrowed(&bytes))).await
+                }
+                Outbound::Delivery {
+                    frame,
+                    published_at,
+                } => {
                     let r = tx.write_frame(Frame::text(Payload::Borrowed(&frame))).await;
-                    state.metrics.delivery_latency.observe(published_at.elapsed().as_secs_f64());
+                    state
+                        .metrics
+                        .delivery_latency
+                        .observe(published_at.elapsed().as_secs_f64());
                     r
                 }
-                Outbound::Pong(bytes) => tx.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await,
+                Outbound::Pong(bytes) => {
+                    tx.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await
+                }
                 Outbound::Close { code, reason } => {
-                    let _ = tx.write_frame(Frame::close(code, reason.as_str().as_bytes())).await;
+                    let _ = tx
+                        .write_frame(Frame::close(code, reason.as_str().as_bytes()))
+                        .await;
                     let _ = tx.flush().await;
                     return Ok(Some(reason));
                 }
@@ -313,7 +346,10 @@ async fn write_batch(
             }
             state.metrics.frames_written.inc();
         }
-        tx.flush().await.map(|()| None).map_err(|_| CloseReason::Client)
+        tx.flush()
+            .await
+            .map(|()| None)
+            .map_err(|_| CloseReason::Client)
     };
     tokio::select! {
         r = tokio::time::timeout(WRITE_TIMEOUT, work) => r.unwrap_or(Err(CloseReason::SlowConsumer)),
@@ -321,7 +357,10 @@ async fn write_batch(
     }
 }
 
-async fn write_frames<'f>(tx: &mut Writer, frames: impl IntoIterator<Item = Frame<'f>>) -> Result<(), WebSocketError> {
+async fn write_frames<'f>(
+    tx: &mut Writer,
+    frames: impl IntoIterator<Item = Frame<'f>>,
+) -> Result<(), WebSocketError> {
     for f in frames {
         tx.write_frame(f).await?;
     }

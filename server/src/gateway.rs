@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::admission::Refusal;
-use crate::auth::AuthError;
 use crate::connection;
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
@@ -39,7 +38,8 @@ pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Accepts TCP connections until `stop` fires.
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
-    let handshake_timeout = Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
+    let handshake_timeout =
+        Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,7 +78,11 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
 
 fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
     if req.uri().path() != "/ws" {
-        return error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the WebSocket endpoint is /ws");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "the WebSocket endpoint is /ws",
+        );
     }
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut r = error_response(
@@ -86,76 +90,103 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
             ErrorCode::FailedPrecondition,
             "this endpoint speaks WebSocket: send an upgrade request",
         );
-        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
     match upgrade(&mut req, state, peer) {
         Ok(response) => response,
-        Err((reason, response)) => {
+        Err(refused) => {
+            let (reason, response) = *refused;
             state.metrics.rejected(reason);
             response
         }
     }
 }
 
-type Refused = (RejectReason, HttpResponse);
+/// A refused upgrade: boxed, as the error path is rare and the response is large.
+type Refused = Box<(RejectReason, HttpResponse)>;
 
-fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> Result<HttpResponse, Refused> {
+fn upgrade(
+    req: &mut Request<Incoming>,
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+) -> Result<HttpResponse, Refused> {
     if state.is_draining() {
-        let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "this pod is draining");
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err((RejectReason::Draining, r));
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "this pod is draining",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(Box::new((RejectReason::Draining, r)));
     }
     check_origin(req, state)?;
-    let guard = state.admission.try_admit(peer.ip()).map_err(|refusal| match refusal {
-        Refusal::PodFull => (
-            RejectReason::Capacity,
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "this pod is at limits.maxConnections",
+    let guard = state
+        .admission
+        .try_admit(peer.ip())
+        .map_err(|refusal| match refusal {
+            Refusal::PodFull => (
+                RejectReason::Capacity,
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "this pod is at limits.maxConnections",
+                ),
             ),
-        ),
-        Refusal::TooManyFromIp => (
-            RejectReason::PerIpLimit,
-            error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::ResourceExhausted,
-                "too many connections from this address (limits.maxConnectionsPerIp)",
+            Refusal::TooManyFromIp => (
+                RejectReason::PerIpLimit,
+                error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::ResourceExhausted,
+                    "too many connections from this address (limits.maxConnectionsPerIp)",
+                ),
             ),
-        ),
-    })?;
+        })?;
     let offered = offered_protocols(req);
     let token = token_from(req, &offered);
     let connection_id = state.next_connection_id();
     let anonymous_id = format!("anon-{:016x}", rand::random::<u64>());
-    let authed = state.auth.authenticate(token.as_deref(), &anonymous_id).map_err(|e| {
-        let message = match &e {
-            AuthError::Missing => e.to_string(),
-            AuthError::Invalid(_) => e.to_string(),
-        };
-        let mut r = error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, &message);
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        (RejectReason::Unauthenticated, r)
-    })?;
+    let authed = state
+        .auth
+        .authenticate(token.as_deref(), &anonymous_id)
+        .map_err(|e| {
+            let mut r = error_response(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                &e.to_string(),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            (RejectReason::Unauthenticated, r)
+        })?;
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut *req).map_err(|e| {
         (
             RejectReason::BadRequest,
-            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, &e.to_string()),
+            error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidArgument,
+                &e.to_string(),
+            ),
         )
     })?;
     let mut response = response.map(|_| Full::new(Bytes::new()));
     if let Some(chosen) = choose_protocol(&offered)
         && let Ok(v) = HeaderValue::from_str(chosen)
     {
-        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
 
     let limits = &state.app.spec.limits;
     let handle = Arc::new(ConnectionHandle {
         id: connection_id,
-        queue: OutboundQueue::new(limits.outbound_queue_messages as usize, limits.slow_consumer),
+        queue: OutboundQueue::new(
+            limits.outbound_queue_messages as usize,
+            limits.slow_consumer,
+        ),
         abort: state.abort_all.child_token(),
     });
     let session = Session {
@@ -194,14 +225,14 @@ fn check_origin(req: &Request<Incoming>, state: &AppState) -> Result<(), Refused
     if ok {
         Ok(())
     } else {
-        Err((
+        Err(Box::new((
             RejectReason::Origin,
             error_response(
                 StatusCode::FORBIDDEN,
                 ErrorCode::PermissionDenied,
                 "this Origin is not in spec.allowedOrigins",
             ),
-        ))
+        )))
     }
 }
 
@@ -220,12 +251,18 @@ fn offered_protocols(req: &Request<Incoming>) -> Vec<String> {
 /// `bearer.<token>` subprotocol (for browsers, which cannot set headers).
 fn token_from(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
     if let Some(q) = req.uri().query()
-        && let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
+        && let Some((_, v)) =
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
     {
         return Some(v.into_owned());
     }
-    if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
     {
         return Some(t.trim().to_owned());
     }
@@ -250,7 +287,9 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Htt
     let body = json!({"code": code.as_str(), "message": message}).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }

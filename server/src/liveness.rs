@@ -20,7 +20,9 @@ pub struct Liveness {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Liveness {
@@ -43,11 +45,13 @@ impl Liveness {
     }
 
     pub fn touch_pong(&self) {
-        self.last_pong.store(self.since_base(Instant::now()), Ordering::Release);
+        self.last_pong
+            .store(self.since_base(Instant::now()), Ordering::Release);
     }
 
     pub fn touch_activity(&self) {
-        self.last_activity.store(self.since_base(Instant::now()), Ordering::Release);
+        self.last_activity
+            .store(self.since_base(Instant::now()), Ordering::Release);
     }
 
     pub fn last_pong(&self) -> Instant {

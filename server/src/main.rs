@@ -14,7 +14,13 @@ async fn main() -> ExitCode {
     let (source, yaml) = match cli.app_source() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot read --app {}: {e}", cli.app.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            eprintln!(
+                "error: cannot read --app {}: {e}",
+                cli.app
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
             return ExitCode::from(USAGE);
         }
     };
@@ -62,7 +68,9 @@ async fn main() -> ExitCode {
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
-    shutdown.on_signals().context("cannot install signal handlers")?;
+    shutdown
+        .on_signals()
+        .context("cannot install signal handlers")?;
     let server = Server::bind(config).await?;
     server.run(shutdown).await
 }

@@ -117,7 +117,11 @@ impl Metrics {
         let fanout_recipients = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let build_info = Family::<VersionLabel, Gauge>::default();
 
-        registry.register("switchboard_connections", "Open WebSocket connections", connections.clone());
+        registry.register(
+            "switchboard_connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
         registry.register(
             "switchboard_connections_opened",
             "WebSocket connections accepted",
@@ -168,8 +172,16 @@ impl Metrics {
             "WebSocket frames written to clients",
             frames_written.clone(),
         );
-        registry.register("switchboard_subscriptions", "Topic subscriptions held by local connections", subscriptions.clone());
-        registry.register("switchboard_topics", "Topics with at least one local subscriber", topics.clone());
+        registry.register(
+            "switchboard_subscriptions",
+            "Topic subscriptions held by local connections",
+            subscriptions.clone(),
+        );
+        registry.register(
+            "switchboard_topics",
+            "Topics with at least one local subscriber",
+            topics.clone(),
+        );
         registry.register(
             "switchboard_delivery_latency_seconds",
             "Time from a publish on this pod to the delivery frame's write to a subscriber's socket",
@@ -180,7 +192,11 @@ impl Metrics {
             "Local recipients of one topic delivery",
             fanout_recipients.clone(),
         );
-        registry.register("switchboard_build_info", "Server version", build_info.clone());
+        registry.register(
+            "switchboard_build_info",
+            "Server version",
+            build_info.clone(),
+        );
         build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -189,24 +205,41 @@ impl Metrics {
 
         let counters_for = |t: &str| TypeCounters {
             received: messages_received
-                .get_or_create(&TypeLabel { r#type: t.to_owned() })
+                .get_or_create(&TypeLabel {
+                    r#type: t.to_owned(),
+                })
                 .clone(),
             validation_failures: validation_failures
-                .get_or_create(&TypeLabel { r#type: t.to_owned() })
+                .get_or_create(&TypeLabel {
+                    r#type: t.to_owned(),
+                })
                 .clone(),
         };
-        let by_type = route_types.into_iter().map(|t| (t.to_owned(), counters_for(t))).collect();
+        let by_type = route_types
+            .into_iter()
+            .map(|t| (t.to_owned(), counters_for(t)))
+            .collect();
         let unknown = counters_for("unknown");
         let sent_by_type = sent_types
             .into_iter()
             .map(|t| {
-                let c = messages_sent.get_or_create(&TypeLabel { r#type: t.to_owned() }).clone();
+                let c = messages_sent
+                    .get_or_create(&TypeLabel {
+                        r#type: t.to_owned(),
+                    })
+                    .clone();
                 (t.to_owned(), c)
             })
             .collect();
         let errors = ErrorCode::ALL
             .iter()
-            .map(|c| errors_family.get_or_create(&CodeLabel { code: c.as_str().to_owned() }).clone())
+            .map(|c| {
+                errors_family
+                    .get_or_create(&CodeLabel {
+                        code: c.as_str().to_owned(),
+                    })
+                    .clone()
+            })
             .collect();
         Self {
             registry,
@@ -241,25 +274,33 @@ impl Metrics {
 
     pub fn closed(&self, reason: CloseReason) {
         self.connections_closed
-            .get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() })
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
             .inc();
     }
 
     pub fn rejected(&self, reason: RejectReason) {
         self.upgrades_rejected
-            .get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() })
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
             .inc();
     }
 
     pub fn rate_limited(&self, bucket: &str) {
         self.rate_limited
-            .get_or_create(&BucketLabel { bucket: bucket.to_owned() })
+            .get_or_create(&BucketLabel {
+                bucket: bucket.to_owned(),
+            })
             .inc();
     }
 
     pub fn dropped(&self, reason: &'static str, n: u64) {
         self.dropped
-            .get_or_create(&ReasonLabel { reason: reason.to_owned() })
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
             .inc_by(n);
     }
 

@@ -84,7 +84,10 @@ impl OutboundQueue {
                 s.items.push_back(item);
                 Pushed::Queued
             } else if self.policy == SlowConsumerPolicy::DropOldest
-                && let Some(i) = s.items.iter().position(|o| matches!(o, Outbound::Delivery { .. }))
+                && let Some(i) = s
+                    .items
+                    .iter()
+                    .position(|o| matches!(o, Outbound::Delivery { .. }))
             {
                 s.items.remove(i);
                 s.items.push_back(item);
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(q.push(delivery(4)), Pushed::Closed);
         let mut out = Vec::new();
         q.pop_all(&mut out).await;
-        assert!(matches!(out.as_slice(), [Outbound::Close { code: 4008, .. }]));
+        assert!(matches!(
+            out.as_slice(),
+            [Outbound::Close { code: 4008, .. }]
+        ));
     }
 
     #[tokio::test]
@@ -187,7 +193,10 @@ mod tests {
         assert_eq!(q.push(delivery(3)), Pushed::DroppedOldest);
         let mut out = Vec::new();
         q.pop_all(&mut out).await;
-        assert_eq!(out.iter().map(first_byte).collect::<Vec<_>>(), vec![9, 2, 3]);
+        assert_eq!(
+            out.iter().map(first_byte).collect::<Vec<_>>(),
+            vec![9, 2, 3]
+        );
     }
 
     #[tokio::test]
@@ -199,6 +208,12 @@ mod tests {
         assert_eq!(q.push(delivery(2)), Pushed::Closed);
         let mut out = Vec::new();
         q.pop_all(&mut out).await;
-        assert!(matches!(out.as_slice(), [Outbound::Delivery { .. }, Outbound::Close { code: 4001, .. }]));
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Outbound::Delivery { .. },
+                Outbound::Close { code: 4001, .. }
+            ]
+        ));
     }
 }

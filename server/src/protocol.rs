@@ -177,8 +177,9 @@ impl Rejection {
     /// An invalid field, located by its JSON pointer.
     pub fn invalid_field(pointer: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(ErrorCode::InvalidArgument, message.clone())
-            .with_details(json!({"field": pointer, "errors": [{"pointer": pointer, "message": message}]}))
+        Self::new(ErrorCode::InvalidArgument, message.clone()).with_details(
+            json!({"field": pointer, "errors": [{"pointer": pointer, "message": message}]}),
+        )
     }
 }
 
@@ -235,13 +236,19 @@ pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
                 rejection: Rejection::new(ErrorCode::InvalidArgument, message),
                 correlation_id: None,
             };
-            if correlation_id.as_ref().is_some_and(|c| c.chars().count() > MAX_CORRELATION_ID) {
+            if correlation_id
+                .as_ref()
+                .is_some_and(|c| c.chars().count() > MAX_CORRELATION_ID)
+            {
                 return Err(bad("meta.correlationId is longer than 128 characters"));
             }
             let n = raw.message_type.chars().count();
             if n == 0 || n > switchboard_spec::compile::MAX_TYPE_LEN {
                 return Err(BadEnvelope {
-                    rejection: Rejection::new(ErrorCode::InvalidArgument, "type must be 1 to 128 characters"),
+                    rejection: Rejection::new(
+                        ErrorCode::InvalidArgument,
+                        "type must be 1 to 128 characters",
+                    ),
                     correlation_id,
                 });
             }
@@ -304,10 +311,16 @@ pub fn encode<P: Serialize>(message_type: &str, meta: OutMeta<'_>, payload: &P) 
         meta,
         payload,
     };
-    serde_json::to_vec(&frame).map(Bytes::from).unwrap_or_default()
+    serde_json::to_vec(&frame)
+        .map(Bytes::from)
+        .unwrap_or_default()
 }
 
-pub fn encode_reply<P: Serialize>(message_type: &str, correlation_id: Option<&str>, payload: &P) -> Bytes {
+pub fn encode_reply<P: Serialize>(
+    message_type: &str,
+    correlation_id: Option<&str>,
+    payload: &P,
+) -> Bytes {
     encode(
         message_type,
         OutMeta {
@@ -360,9 +373,14 @@ mod tests {
 
     #[test]
     fn rejects_unknown_root_keys_but_keeps_the_correlation_id() {
-        let e = parse_inbound(br#"{"type":"X","meta":{"correlationId":"c9"},"extra":1}"#).unwrap_err();
+        let e =
+            parse_inbound(br#"{"type":"X","meta":{"correlationId":"c9"},"extra":1}"#).unwrap_err();
         assert_eq!(e.rejection.code, ErrorCode::InvalidArgument);
-        assert!(e.rejection.message.contains("extra"), "{}", e.rejection.message);
+        assert!(
+            e.rejection.message.contains("extra"),
+            "{}",
+            e.rejection.message
+        );
         assert_eq!(e.correlation_id.as_deref(), Some("c9"));
     }
 
@@ -377,9 +395,16 @@ mod tests {
             br#"{"type":"X","meta":{"timestamp":"yesterday"}}"#,
             br#"{"type":"X","meta":"m"}"#,
         ] {
-            assert!(parse_inbound(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_inbound(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let long = format!(r#"{{"type":"X","meta":{{"correlationId":"{}"}}}}"#, "c".repeat(129));
+        let long = format!(
+            r#"{{"type":"X","meta":{{"correlationId":"{}"}}}}"#,
+            "c".repeat(129)
+        );
         assert!(parse_inbound(long.as_bytes()).is_err());
     }
 

@@ -31,7 +31,8 @@ impl TokenBucket {
 
     fn refill(&mut self, bucket: &Bucket, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * bucket.refill_per_second).min(f64::from(bucket.capacity));
+        self.tokens =
+            (self.tokens + elapsed * bucket.refill_per_second).min(f64::from(bucket.capacity));
         self.updated = now;
     }
 
@@ -148,7 +149,8 @@ impl RateLimiter {
                     bucket.wait_for(def, c.cost)
                 }
                 None => {
-                    let bucket = own.buckets[c.bucket].get_or_insert_with(|| TokenBucket::full(def, now));
+                    let bucket =
+                        own.buckets[c.bucket].get_or_insert_with(|| TokenBucket::full(def, now));
                     bucket.refill(def, now);
                     bucket.wait_for(def, c.cost)
                 }
@@ -234,11 +236,30 @@ mod tests {
             l.charge(&charge, &mut own, &caller(&user), t0).unwrap();
         }
         let err = l.charge(&charge, &mut own, &caller(&user), t0).unwrap_err();
-        assert_eq!(err, Limited { bucket: "a".into(), retry_after_ms: 500 });
+        assert_eq!(
+            err,
+            Limited {
+                bucket: "a".into(),
+                retry_after_ms: 500
+            }
+        );
         // 250 ms later half a token is there: 250 ms still missing.
-        let err = l.charge(&charge, &mut own, &caller(&user), t0 + Duration::from_millis(250)).unwrap_err();
+        let err = l
+            .charge(
+                &charge,
+                &mut own,
+                &caller(&user),
+                t0 + Duration::from_millis(250),
+            )
+            .unwrap_err();
         assert_eq!(err.retry_after_ms, 250);
-        l.charge(&charge, &mut own, &caller(&user), t0 + Duration::from_millis(500)).unwrap();
+        l.charge(
+            &charge,
+            &mut own,
+            &caller(&user),
+            t0 + Duration::from_millis(500),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -57,17 +57,31 @@ pub fn handle_text(state: &Arc<AppState>, session: &mut Session, text: &[u8]) {
         Ok(msg) => msg,
         Err(bad) => {
             state.metrics.for_type("unknown").received.inc();
-            send_error(state, session, protocol::ERROR_TYPE, bad.correlation_id.as_deref(), &bad.rejection);
+            send_error(
+                state,
+                session,
+                protocol::ERROR_TYPE,
+                bad.correlation_id.as_deref(),
+                &bad.rejection,
+            );
             return;
         }
     };
     let counters = state.metrics.for_type(&msg.message_type);
     counters.received.inc();
     if let Err(refused) = dispatch(state, session, &msg) {
-        if refused.rejection.code == ErrorCode::InvalidArgument && refused.rejection.details.is_some() {
+        if refused.rejection.code == ErrorCode::InvalidArgument
+            && refused.rejection.details.is_some()
+        {
             counters.validation_failures.inc();
         }
-        send_error(state, session, refused.error_type, msg.correlation_id.as_deref(), &refused.rejection);
+        send_error(
+            state,
+            session,
+            refused.error_type,
+            msg.correlation_id.as_deref(),
+            &refused.rejection,
+        );
     }
 }
 
@@ -81,19 +95,33 @@ pub fn handle_binary(state: &Arc<AppState>, session: &Session) {
     send_error(state, session, protocol::ERROR_TYPE, None, &r);
 }
 
-fn send_error(state: &AppState, session: &Session, error_type: &str, correlation_id: Option<&str>, r: &Rejection) {
+fn send_error(
+    state: &AppState,
+    session: &Session,
+    error_type: &str,
+    correlation_id: Option<&str>,
+    r: &Rejection,
+) {
     state.metrics.error(r.code);
     state.metrics.sent(error_type, 1);
-    session
-        .handle
-        .send(protocol::encode_error(error_type, correlation_id, r), &state.metrics);
+    session.handle.send(
+        protocol::encode_error(error_type, correlation_id, r),
+        &state.metrics,
+    );
 }
 
-fn reply(state: &AppState, session: &Session, message_type: &str, correlation_id: Option<&str>, payload: &Value) {
+fn reply(
+    state: &AppState,
+    session: &Session,
+    message_type: &str,
+    correlation_id: Option<&str>,
+    payload: &Value,
+) {
     state.metrics.sent(message_type, 1);
-    session
-        .handle
-        .send(protocol::encode_reply(message_type, correlation_id, payload), &state.metrics);
+    session.handle.send(
+        protocol::encode_reply(message_type, correlation_id, payload),
+        &state.metrics,
+    );
 }
 
 /// `$ws:ack`, sent only when the client asked for an answer by giving a correlation id.
@@ -130,11 +158,18 @@ fn dispatch(state: &Arc<AppState>, session: &mut Session, msg: &Inbound) -> Resu
         RouteAction::Request { .. } => protocol::RPC_ERROR_TYPE,
         _ => protocol::ERROR_TYPE,
     };
-    let refused = |rejection| Refused { error_type, rejection };
+    let refused = |rejection| Refused {
+        error_type,
+        rejection,
+    };
     check_route(state, session, &route, msg).map_err(refused)?;
     match &route.action {
-        RouteAction::Subscribe(template) => subscribe(state, session, msg, template).map_err(refused),
-        RouteAction::Unsubscribe(template) => unsubscribe(state, session, msg, template).map_err(refused),
+        RouteAction::Subscribe(template) => {
+            subscribe(state, session, msg, template).map_err(refused)
+        }
+        RouteAction::Unsubscribe(template) => {
+            unsubscribe(state, session, msg, template).map_err(refused)
+        }
         RouteAction::Publish {
             topic,
             emit,
@@ -157,7 +192,12 @@ fn dispatch(state: &Arc<AppState>, session: &mut Session, msg: &Inbound) -> Resu
 }
 
 /// Roles, rate limits and payload schema: the checks every route shares.
-fn check_route(state: &AppState, session: &mut Session, route: &CompiledRoute, msg: &Inbound) -> Result<(), Rejection> {
+fn check_route(
+    state: &AppState,
+    session: &mut Session,
+    route: &CompiledRoute,
+    msg: &Inbound,
+) -> Result<(), Rejection> {
     if let Some(roles) = &route.roles
         && !session.identity.has_any_role(roles)
     {
@@ -170,10 +210,12 @@ fn check_route(state: &AppState, session: &mut Session, route: &CompiledRoute, m
         user_id: &session.user_id,
         ip: session.ip,
     };
-    if let Err(limited) = state
-        .limiter
-        .charge(&route.charges, &mut session.buckets, &caller, Instant::now())
-    {
+    if let Err(limited) = state.limiter.charge(
+        &route.charges,
+        &mut session.buckets,
+        &caller,
+        Instant::now(),
+    ) {
         state.metrics.rate_limited(&limited.bucket);
         return Err(Rejection::new(
             ErrorCode::ResourceExhausted,
@@ -193,7 +235,11 @@ fn check_route(state: &AppState, session: &mut Session, route: &CompiledRoute, m
             let message = format!(
                 "payload of {} is invalid at {:?}: {}",
                 route.message_type,
-                if pointer.is_empty() { "/" } else { pointer.as_str() },
+                if pointer.is_empty() {
+                    "/"
+                } else {
+                    pointer.as_str()
+                },
                 first["message"].as_str().unwrap_or_default()
             );
             return Err(Rejection::new(ErrorCode::InvalidArgument, message)
@@ -210,15 +256,28 @@ fn render(template: &TopicTemplate, session: &Session, msg: &Inbound) -> Result<
 }
 
 /// Applies a topic rule's `subscribe` or `publish` access for this caller.
-fn check_access(state: &AppState, session: &Session, topic: &Topic, publish: bool) -> Result<(), Rejection> {
+fn check_access(
+    state: &AppState,
+    session: &Session,
+    topic: &Topic,
+    publish: bool,
+) -> Result<(), Rejection> {
     let Some((rule, captures)) = state.app.topic_rule(topic) else {
         return Err(Rejection::new(
             ErrorCode::PermissionDenied,
             format!("no topic rule governs {topic}"),
         ));
     };
-    let access: &TopicAccess = if publish { &rule.publish } else { &rule.subscribe };
-    let verb = if publish { "publish to" } else { "subscribe to" };
+    let access: &TopicAccess = if publish {
+        &rule.publish
+    } else {
+        &rule.subscribe
+    };
+    let verb = if publish {
+        "publish to"
+    } else {
+        "subscribe to"
+    };
     if let Some(roles) = &access.roles
         && !session.identity.has_any_role(roles)
     {
@@ -244,7 +303,12 @@ fn check_access(state: &AppState, session: &Session, topic: &Topic, publish: boo
     Ok(())
 }
 
-fn subscribe(state: &AppState, session: &mut Session, msg: &Inbound, template: &TopicTemplate) -> Result<(), Rejection> {
+fn subscribe(
+    state: &AppState,
+    session: &mut Session,
+    msg: &Inbound,
+    template: &TopicTemplate,
+) -> Result<(), Rejection> {
     let topic = render(template, session, msg)?;
     check_access(state, session, &topic, false)?;
     if !session.subscriptions.contains(&topic) {
@@ -267,9 +331,16 @@ fn subscribe(state: &AppState, session: &mut Session, msg: &Inbound, template: &
     Ok(())
 }
 
-fn unsubscribe(state: &AppState, session: &mut Session, msg: &Inbound, template: &TopicTemplate) -> Result<(), Rejection> {
+fn unsubscribe(
+    state: &AppState,
+    session: &mut Session,
+    msg: &Inbound,
+    template: &TopicTemplate,
+) -> Result<(), Rejection> {
     let topic = render(template, session, msg)?;
-    if session.subscriptions.remove(&topic) && state.registry.unsubscribe(&topic, &session.handle.id) {
+    if session.subscriptions.remove(&topic)
+        && state.registry.unsubscribe(&topic, &session.handle.id)
+    {
         state.bus.topic_inactive(&topic);
     }
     ack(state, session, msg, json!({"topic": topic.as_str()}));
@@ -320,7 +391,10 @@ fn publish(
 /// Sends the request to the backends and answers when they do. Runs as its own task so
 /// the connection keeps reading while the backend works.
 fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<CompiledRoute>) {
-    let RouteAction::Request { subject, timeout, .. } = &route.action else {
+    let RouteAction::Request {
+        subject, timeout, ..
+    } = &route.action
+    else {
         return;
     };
     let pending = state.bus.request(
@@ -347,7 +421,11 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
 
 /// Turns a backend's reply into the client's reply frame: a payload checked against
 /// `replySchema`, or the backend's own `{"error": {"code", "message"}}`.
-fn rpc_reply(route: &CompiledRoute, correlation_id: Option<&str>, reply: &[u8]) -> Result<Bytes, Rejection> {
+fn rpc_reply(
+    route: &CompiledRoute,
+    correlation_id: Option<&str>,
+    reply: &[u8],
+) -> Result<Bytes, Rejection> {
     let RouteAction::Request {
         reply: reply_type,
         reply_validator,
@@ -358,13 +436,19 @@ fn rpc_reply(route: &CompiledRoute, correlation_id: Option<&str>, reply: &[u8]) 
     };
     let value: Value = serde_json::from_slice(reply)
         .map_err(|_| Rejection::new(ErrorCode::Internal, "the backend's reply is not JSON"))?;
-    if let Some(err) = value.get("error").filter(|_| value.as_object().is_some_and(|o| o.len() == 1)) {
+    if let Some(err) = value
+        .get("error")
+        .filter(|_| value.as_object().is_some_and(|o| o.len() == 1))
+    {
         let code = err
             .get("code")
             .and_then(Value::as_str)
             .and_then(|c| ErrorCode::ALL.into_iter().find(|k| k.as_str() == c))
             .unwrap_or(ErrorCode::Internal);
-        let message = err.get("message").and_then(Value::as_str).unwrap_or("the backend refused the request");
+        let message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("the backend refused the request");
         return Err(Rejection::new(code, message));
     }
     if let Some(v) = reply_validator
@@ -384,7 +468,9 @@ fn rpc_reply(route: &CompiledRoute, correlation_id: Option<&str>, reply: &[u8]) 
 fn rpc_rejection(e: &RpcError) -> Rejection {
     let code = match e {
         RpcError::Timeout(_) => ErrorCode::DeadlineExceeded,
-        RpcError::NoBus | RpcError::NoResponders | RpcError::Unavailable(_) => ErrorCode::Unavailable,
+        RpcError::NoBus | RpcError::NoResponders | RpcError::Unavailable(_) => {
+            ErrorCode::Unavailable
+        }
     };
     Rejection::new(code, e.to_string())
 }
@@ -392,7 +478,10 @@ fn rpc_rejection(e: &RpcError) -> Rejection {
 /// `$ws:auth`: a fresh token for the same user extends the connection's life.
 fn refresh_token(state: &AppState, session: &mut Session, msg: &Inbound) -> Result<(), Rejection> {
     let Some(token) = msg.payload.get("token").and_then(Value::as_str) else {
-        return Err(Rejection::invalid_field("/token", "$ws:auth needs payload.token"));
+        return Err(Rejection::invalid_field(
+            "/token",
+            "$ws:auth needs payload.token",
+        ));
     };
     let fresh = state
         .auth

@@ -31,25 +31,38 @@ impl Server {
     /// Loads secrets and binds both listeners; nothing is served until [`Server::run`].
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
         let app = config.app;
-        let auth = Authenticator::load(app.jwt.as_ref(), app.spec.auth.anonymous, &config.secrets_dir)?;
-        let state = Arc::new(AppState::new(app, Arc::from(config.instance), auth, |registry| {
-            Arc::new(LocalBus::new(registry))
-        }));
+        let auth = Authenticator::load(
+            app.jwt.as_ref(),
+            app.spec.auth.anonymous,
+            &config.secrets_dir,
+        )?;
+        let state = Arc::new(AppState::new(
+            app,
+            Arc::from(config.instance),
+            auth,
+            |registry| Arc::new(LocalBus::new(registry)),
+        ));
         let ws = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (--admin-listen)", config.admin_listen))?;
+            .with_context(|| {
+                format!("cannot listen on {} (--admin-listen)", config.admin_listen)
+            })?;
         Ok(Self { state, ws, admin })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
-        self.ws.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.ws
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.admin
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -66,8 +79,16 @@ impl Server {
         );
         let stop_accepting = CancellationToken::new();
         let admin_stop = CancellationToken::new();
-        let ws_task = tokio::spawn(gateway::accept_loop(self.ws, state.clone(), stop_accepting.clone()));
-        let admin_task = tokio::spawn(admin::accept_loop(self.admin, state.clone(), admin_stop.clone()));
+        let ws_task = tokio::spawn(gateway::accept_loop(
+            self.ws,
+            state.clone(),
+            stop_accepting.clone(),
+        ));
+        let admin_task = tokio::spawn(admin::accept_loop(
+            self.admin,
+            state.clone(),
+            admin_stop.clone(),
+        ));
         let sweeper = tokio::spawn(sweep_buckets(state.clone()));
 
         shutdown.begin.cancelled().await;
@@ -77,7 +98,10 @@ impl Server {
         let _ = ws_task.await;
         info!(connections = state.connections.len(), "shutting down");
         for entry in state.connections.iter() {
-            entry.value().queue.close(protocol::close::GOING_AWAY, CloseReason::Shutdown);
+            entry
+                .value()
+                .queue
+                .close(protocol::close::GOING_AWAY, CloseReason::Shutdown);
         }
         state.tasks.close();
         let grace = Duration::from_secs(u64::from(state.app.spec.drain.grace_period_seconds));

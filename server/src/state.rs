@@ -45,11 +45,17 @@ impl AppState {
         auth: Authenticator,
         bus_for: impl FnOnce(Arc<TopicRegistry>) -> Arc<dyn Bus>,
     ) -> Self {
-        let metrics = Arc::new(Metrics::new(app.routes.keys().map(String::as_str), sent_types(&app)));
+        let metrics = Arc::new(Metrics::new(
+            app.routes.keys().map(String::as_str),
+            sent_types(&app),
+        ));
         let registry = Arc::new(TopicRegistry::new(metrics.clone()));
         let bus = bus_for(registry.clone());
         let limiter = RateLimiter::new(app.buckets.clone());
-        let admission = Admission::new(app.spec.limits.max_connections, app.spec.limits.max_connections_per_ip);
+        let admission = Admission::new(
+            app.spec.limits.max_connections,
+            app.spec.limits.max_connections_per_ip,
+        );
         Self {
             app,
             instance,

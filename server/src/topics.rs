@@ -58,7 +58,11 @@ impl TopicRegistry {
             .remove_if_mut(topic, |_, subs| {
                 if subs.iter().any(|h| &*h.id == connection_id) {
                     removed = true;
-                    let next: Vec<_> = subs.iter().filter(|h| &*h.id != connection_id).cloned().collect();
+                    let next: Vec<_> = subs
+                        .iter()
+                        .filter(|h| &*h.id != connection_id)
+                        .cloned()
+                        .collect();
                     *subs = Arc::from(next);
                 }
                 subs.is_empty()
@@ -81,7 +85,11 @@ impl TopicRegistry {
         };
         let mut queued = 0;
         for handle in subscribers.iter() {
-            if delivery.exclude.as_deref().is_some_and(|id| id == &*handle.id) {
+            if delivery
+                .exclude
+                .as_deref()
+                .is_some_and(|id| id == &*handle.id)
+            {
                 continue;
             }
             if handle.deliver(&delivery.frame, delivery.published_at, &self.metrics) {

@@ -170,7 +170,11 @@ impl Problems {
 /// Checks and compiles a manifest.
 pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
     let mut p = Problems::default();
-    let name = manifest.metadata.name.clone().unwrap_or_else(|| "app".to_owned());
+    let name = manifest
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "app".to_owned());
     let namespace = manifest
         .metadata
         .namespace
@@ -178,7 +182,10 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
         .unwrap_or_else(|| "default".to_owned());
     for (field, value) in [("metadata.name", &name), ("metadata.namespace", &namespace)] {
         if !is_subject_token(value) {
-            p.add(field, "must be a DNS label-like name ([A-Za-z0-9_-]+): it becomes a NATS subject token");
+            p.add(
+                field,
+                "must be a DNS label-like name ([A-Za-z0-9_-]+): it becomes a NATS subject token",
+            );
         }
     }
     let spec = &manifest.spec;
@@ -209,7 +216,10 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
     for (field, v) in [
         ("maxConnections", l.max_connections),
         ("maxConnectionsPerIp", l.max_connections_per_ip),
-        ("maxSubscriptionsPerConnection", l.max_subscriptions_per_connection),
+        (
+            "maxSubscriptionsPerConnection",
+            l.max_subscriptions_per_connection,
+        ),
         ("outboundQueueMessages", l.outbound_queue_messages),
         ("handshakeTimeoutSeconds", l.handshake_timeout_seconds),
     ] {
@@ -218,7 +228,10 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
         }
     }
     if spec.heartbeat.interval_seconds > 0 && spec.heartbeat.timeout_seconds == 0 {
-        p.add("spec.heartbeat.timeoutSeconds", "must be at least 1 while pings are on");
+        p.add(
+            "spec.heartbeat.timeoutSeconds",
+            "must be at least 1 while pings are on",
+        );
     }
     if let Some(replicas) = spec.replicas {
         if replicas < 0 {
@@ -236,7 +249,10 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
             p.add("spec.autoscaling", "needs 1 <= minReplicas <= maxReplicas");
         }
         if a.max_replicas > 1 && spec.nats.is_none() {
-            p.add("spec.autoscaling", "more than one replica needs spec.nats.url");
+            p.add(
+                "spec.autoscaling",
+                "more than one replica needs spec.nats.url",
+            );
         }
     }
     if let Some(nats) = &spec.nats {
@@ -246,13 +262,18 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
         if let Some(prefix) = &nats.subject_prefix
             && !prefix.split('.').all(is_subject_token)
         {
-            p.add("spec.nats.subjectPrefix", "must be dot-separated tokens of [A-Za-z0-9_-]");
+            p.add(
+                "spec.nats.subjectPrefix",
+                "must be dot-separated tokens of [A-Za-z0-9_-]",
+            );
         }
     }
     if let Some(origins) = &spec.allowed_origins {
         for (i, o) in origins.iter().enumerate() {
             // What a browser sends: scheme://host[:port], nothing after the authority.
-            let authority = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+            let authority = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
             let valid = authority.is_some_and(|a| {
                 !a.is_empty() && !a.contains(['/', '?', '#', '@', ' ']) && !a.starts_with(':')
             });
@@ -272,13 +293,19 @@ fn compile_buckets(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<Bucket> {
     for (i, b) in spec.rate_limits.iter().enumerate() {
         let path = format!("spec.rateLimits[{i}]");
         if b.name.is_empty() || !seen.insert(b.name.as_str()) {
-            p.add(format!("{path}.name"), format!("{:?} is empty or used twice", b.name));
+            p.add(
+                format!("{path}.name"),
+                format!("{:?} is empty or used twice", b.name),
+            );
         }
         if b.capacity == 0 {
             p.add(format!("{path}.capacity"), "must be at least 1");
         }
         if !(b.refill_per_second.is_finite() && b.refill_per_second > 0.0) {
-            p.add(format!("{path}.refillPerSecond"), "must be a positive number");
+            p.add(
+                format!("{path}.refillPerSecond"),
+                "must be a positive number",
+            );
         }
         out.push(Bucket {
             name: b.name.clone(),
@@ -307,12 +334,22 @@ fn compile_topics(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<CompiledTopic
             {
                 p.add(
                     format!("{path}.{which}.owner"),
-                    format!("names {owner:?}, which is not a variable of pattern {:?}", rule.pattern),
+                    format!(
+                        "names {owner:?}, which is not a variable of pattern {:?}",
+                        rule.pattern
+                    ),
                 );
             }
         }
-        if rule.subscribe.as_ref().is_some_and(|a| a.require_subscribed) {
-            p.add(format!("{path}.subscribe.requireSubscribed"), "only applies to publish");
+        if rule
+            .subscribe
+            .as_ref()
+            .is_some_and(|a| a.require_subscribed)
+        {
+            p.add(
+                format!("{path}.subscribe.requireSubscribed"),
+                "only applies to publish",
+            );
         }
         out.push(CompiledTopicRule {
             pattern,
@@ -354,13 +391,19 @@ fn compile_routes(
             .filter_map(|(j, c)| {
                 let cpath = format!("{path}.rateLimit[{j}]");
                 let Some(idx) = buckets.iter().position(|b| b.name == c.bucket) else {
-                    p.add(format!("{cpath}.bucket"), format!("no spec.rateLimits entry is named {:?}", c.bucket));
+                    p.add(
+                        format!("{cpath}.bucket"),
+                        format!("no spec.rateLimits entry is named {:?}", c.bucket),
+                    );
                     return None;
                 };
                 if c.cost == 0 || c.cost > buckets[idx].capacity {
                     p.add(
                         format!("{cpath}.cost"),
-                        format!("must be between 1 and the bucket's capacity ({})", buckets[idx].capacity),
+                        format!(
+                            "must be between 1 and the bucket's capacity ({})",
+                            buckets[idx].capacity
+                        ),
                     );
                 }
                 Some(Charge {
@@ -413,7 +456,9 @@ fn compile_action(
     }
     let mut template = |action: &str, source: &str| -> Option<TopicTemplate> {
         let tpath = format!("{path}.{action}.topic");
-        let template = TopicTemplate::parse(source).map_err(|e| p.add(&tpath, e)).ok()?;
+        let template = TopicTemplate::parse(source)
+            .map_err(|e| p.add(&tpath, e))
+            .ok()?;
         for var in template.vars() {
             if let TemplateVar::Payload(field) = var
                 && !schema_declares(route.payload.as_ref(), field)
@@ -427,7 +472,9 @@ fn compile_action(
         if !topics.iter().any(|t| t.pattern.may_match(&template)) {
             p.add(
                 &tpath,
-                format!("topic {source:?} matches no pattern in spec.topics: add a rule that governs it"),
+                format!(
+                    "topic {source:?} matches no pattern in spec.topics: add a rule that governs it"
+                ),
             );
         }
         Some(template)
@@ -453,10 +500,16 @@ fn compile_action(
     if let Some(a) = &route.request {
         let timeout_ms = a.timeout_ms.unwrap_or(DEFAULT_RPC_TIMEOUT_MS);
         if timeout_ms == 0 || timeout_ms > MAX_RPC_TIMEOUT_MS {
-            p.add(format!("{path}.request.timeoutMs"), format!("must be between 1 and {MAX_RPC_TIMEOUT_MS}"));
+            p.add(
+                format!("{path}.request.timeoutMs"),
+                format!("must be between 1 and {MAX_RPC_TIMEOUT_MS}"),
+            );
         }
         check_subject(&a.subject, &format!("{path}.request.subject"), p);
-        let reply = a.reply.clone().unwrap_or_else(|| crate::ACK_TYPE.to_owned());
+        let reply = a
+            .reply
+            .clone()
+            .unwrap_or_else(|| crate::ACK_TYPE.to_owned());
         if a.reply.is_some()
             && let Err(e) = check_type_name(&reply)
         {
@@ -524,7 +577,10 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
     }
     let public: Vec<_> = families.iter().filter(|f| **f != "hmac").collect();
     if !public.is_empty() && jwt.public_key_ref.is_none() {
-        p.add(format!("{path}.publicKeyRef"), "RS*/PS*/ES*/EdDSA algorithms need publicKeyRef");
+        p.add(
+            format!("{path}.publicKeyRef"),
+            "RS*/PS*/ES*/EdDSA algorithms need publicKeyRef",
+        );
     }
     if public.len() > 1 {
         p.add(
@@ -532,11 +588,17 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
             "one publicKeyRef holds one key type: list algorithms of one family (RS/PS, ES or EdDSA)",
         );
     }
-    for (name, r) in [("secretRef", &jwt.secret_ref), ("publicKeyRef", &jwt.public_key_ref)] {
+    for (name, r) in [
+        ("secretRef", &jwt.secret_ref),
+        ("publicKeyRef", &jwt.public_key_ref),
+    ] {
         if let Some(r) = r
             && (!is_path_component(&r.name) || !is_path_component(&r.key))
         {
-            p.add(format!("{path}.{name}"), "name and key must be plain names (no '/' or '..')");
+            p.add(
+                format!("{path}.{name}"),
+                "name and key must be plain names (no '/' or '..')",
+            );
         }
     }
     Some(JwtPolicy {
@@ -545,8 +607,14 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
         public_key_ref: jwt.public_key_ref.clone(),
         issuer: jwt.issuer.clone(),
         audience: jwt.audience.clone(),
-        user_id_claim: jwt.user_id_claim.clone().unwrap_or_else(|| "sub".to_owned()),
-        roles_claim: jwt.roles_claim.clone().unwrap_or_else(|| "roles".to_owned()),
+        user_id_claim: jwt
+            .user_id_claim
+            .clone()
+            .unwrap_or_else(|| "sub".to_owned()),
+        roles_claim: jwt
+            .roles_claim
+            .clone()
+            .unwrap_or_else(|| "roles".to_owned()),
         leeway_seconds: jwt.leeway_seconds.unwrap_or(DEFAULT_JWT_LEEWAY_SECONDS),
     })
 }
@@ -571,7 +639,11 @@ fn check_type_name(ty: &str) -> Result<(), String> {
     if ty.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("a type may not contain whitespace or control characters".into());
     }
-    if ty.starts_with('$') || ty.starts_with("__") || ty == crate::ERROR_TYPE || ty == crate::RPC_ERROR_TYPE {
+    if ty.starts_with('$')
+        || ty.starts_with("__")
+        || ty == crate::ERROR_TYPE
+        || ty == crate::RPC_ERROR_TYPE
+    {
         return Err(format!("{ty:?} is reserved for the protocol"));
     }
     Ok(())
@@ -579,12 +651,17 @@ fn check_type_name(ty: &str) -> Result<(), String> {
 
 fn check_subject(subject: &str, path: &str, p: &mut Problems) {
     if subject.is_empty() || !subject.split('.').all(is_subject_token) {
-        p.add(path, "must be dot-separated tokens of [A-Za-z0-9_-] (no wildcards)");
+        p.add(
+            path,
+            "must be dot-separated tokens of [A-Za-z0-9_-] (no wildcards)",
+        );
     }
 }
 
 fn is_subject_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn is_path_component(s: &str) -> bool {

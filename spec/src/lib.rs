@@ -9,8 +9,8 @@ pub mod topic;
 pub mod types;
 
 pub use compile::{
-    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, RouteAction, SpecError,
-    SpecErrors, compile,
+    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, RouteAction,
+    SpecError, SpecErrors, compile,
 };
 pub use topic::{Identity, RenderError, Topic, TopicError, TopicPattern, TopicTemplate};
 pub use types::*;
@@ -42,7 +42,11 @@ pub fn parse_manifest(yaml: &str) -> Result<AppManifest, SpecErrors> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         SpecErrors(vec![SpecError {
-            path: if path == "." { "(document)".into() } else { path },
+            path: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
             message: e.into_inner().to_string(),
         }])
     })
@@ -63,12 +67,26 @@ mod tests {
     fn example_chat_app_compiles() {
         let app = load(CHAT).unwrap();
         assert_eq!(app.name, "chat");
-        for ty in ["JOIN_ROOM", "LEAVE_ROOM", "SEND_MESSAGE", "TYPING", "FETCH_PROFILE"] {
+        for ty in [
+            "JOIN_ROOM",
+            "LEAVE_ROOM",
+            "SEND_MESSAGE",
+            "TYPING",
+            "FETCH_PROFILE",
+        ] {
             assert!(app.routes.contains_key(ty), "{ty}");
         }
         let send = &app.routes["SEND_MESSAGE"];
-        assert!(matches!(&send.action, RouteAction::Publish { emit, .. } if emit == "ROOM_MESSAGE"));
-        assert!(send.charges.iter().all(|c| app.buckets[c.bucket].capacity <= 50));
-        assert!(matches!(&app.routes["FETCH_PROFILE"].action, RouteAction::Request { reply, .. } if reply == "PROFILE"));
+        assert!(
+            matches!(&send.action, RouteAction::Publish { emit, .. } if emit == "ROOM_MESSAGE")
+        );
+        assert!(
+            send.charges
+                .iter()
+                .all(|c| app.buckets[c.bucket].capacity <= 50)
+        );
+        assert!(
+            matches!(&app.routes["FETCH_PROFILE"].action, RouteAction::Request { reply, .. } if reply == "PROFILE")
+        );
     }
 }

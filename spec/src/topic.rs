@@ -28,7 +28,9 @@ pub struct Identity {
 
 impl Identity {
     pub fn has_any_role(&self, allowed: &[String]) -> bool {
-        allowed.iter().any(|r| self.roles.iter().any(|mine| mine == r))
+        allowed
+            .iter()
+            .any(|r| self.roles.iter().any(|mine| mine == r))
     }
 }
 
@@ -126,9 +128,9 @@ pub enum RenderError {
 impl RenderError {
     pub fn pointer(&self) -> &str {
         match self {
-            Self::Missing { pointer } | Self::NotScalar { pointer } | Self::Invalid { pointer, .. } => {
-                pointer
-            }
+            Self::Missing { pointer }
+            | Self::NotScalar { pointer }
+            | Self::Invalid { pointer, .. } => pointer,
         }
     }
 }
@@ -198,7 +200,11 @@ fn check_value(value: &str) -> Result<(), TopicError> {
     check_segment(value)
 }
 
-fn resolve(var: &TemplateVar, payload: &Value, identity: &Identity) -> Result<(String, String), RenderError> {
+fn resolve(
+    var: &TemplateVar,
+    payload: &Value,
+    identity: &Identity,
+) -> Result<(String, String), RenderError> {
     let (pointer, value) = match var {
         TemplateVar::UserId => return Ok(("/user/id".into(), identity.user_id.clone())),
         TemplateVar::Payload(field) => (format!("/{field}"), payload.get(field)),
@@ -214,7 +220,9 @@ fn resolve(var: &TemplateVar, payload: &Value, identity: &Identity) -> Result<(S
 
 fn parse_segment(segment: &str) -> Result<Vec<Part>, String> {
     if segment.is_empty() {
-        return Err("a topic template has an empty segment (two ':' in a row, or one at an end)".into());
+        return Err(
+            "a topic template has an empty segment (two ':' in a row, or one at an end)".into(),
+        );
     }
     let mut parts = Vec::new();
     let mut rest = segment;
@@ -242,7 +250,11 @@ fn parse_segment(segment: &str) -> Result<Vec<Part>, String> {
 }
 
 fn parse_var(name: &str) -> Result<TemplateVar, String> {
-    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
     if name == "user.id" {
         Ok(TemplateVar::UserId)
     } else if let Some(claim) = name.strip_prefix("claims.") {
@@ -280,7 +292,8 @@ impl TopicPattern {
         let mut segments = Vec::new();
         for segment in source.split(':') {
             if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
                     return Err(format!("{segment:?} is not a valid pattern variable"));
                 }
                 if segments.contains(&PatternSegment::Var(inner.to_owned())) {
@@ -305,7 +318,8 @@ impl TopicPattern {
     }
 
     pub fn has_var(&self, name: &str) -> bool {
-        self.segments.contains(&PatternSegment::Var(name.to_owned()))
+        self.segments
+            .contains(&PatternSegment::Var(name.to_owned()))
     }
 
     /// The variables' values when `topic` matches, else `None`.
@@ -332,9 +346,11 @@ impl TopicPattern {
     /// route whose topic no rule governs is caught before it serves.
     pub fn may_match(&self, template: &TopicTemplate) -> bool {
         template.segments.len() == self.segments.len()
-            && self.segments.iter().enumerate().all(|(i, p)| match (p, template.literal_segment(i)) {
-                (PatternSegment::Literal(l), Some(t)) => l == t,
-                _ => true,
+            && self.segments.iter().enumerate().all(|(i, p)| {
+                match (p, template.literal_segment(i)) {
+                    (PatternSegment::Literal(l), Some(t)) => l == t,
+                    _ => true,
+                }
             })
     }
 }
@@ -377,14 +393,22 @@ mod tests {
         let t = TopicTemplate::parse("room:{roomId}").unwrap();
         assert_eq!(
             t.render(&json!({}), &alice()).unwrap_err(),
-            RenderError::Missing { pointer: "/roomId".into() }
+            RenderError::Missing {
+                pointer: "/roomId".into()
+            }
         );
         assert_eq!(
-            t.render(&json!({"roomId": {"x": 1}}), &alice()).unwrap_err(),
-            RenderError::NotScalar { pointer: "/roomId".into() }
+            t.render(&json!({"roomId": {"x": 1}}), &alice())
+                .unwrap_err(),
+            RenderError::NotScalar {
+                pointer: "/roomId".into()
+            }
         );
         let c = TopicTemplate::parse("x:{claims.nested}").unwrap();
-        assert!(matches!(c.render(&json!({}), &alice()), Err(RenderError::NotScalar { .. })));
+        assert!(matches!(
+            c.render(&json!({}), &alice()),
+            Err(RenderError::NotScalar { .. })
+        ));
     }
 
     #[test]

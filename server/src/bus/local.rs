@@ -29,11 +29,22 @@ impl Bus for LocalBus {
 
     fn topic_inactive(&self, _topic: &Topic) {}
 
-    fn request(&self, _subject: &str, _payload: Bytes, _identity: &Identity, _timeout: Duration) -> RpcFuture {
+    fn request(
+        &self,
+        _subject: &str,
+        _payload: Bytes,
+        _identity: &Identity,
+        _timeout: Duration,
+    ) -> RpcFuture {
         Box::pin(async { Err(RpcError::NoBus) })
     }
 
-    fn forward(&self, _subject: &str, _payload: Bytes, _identity: &Identity) -> Result<(), RpcError> {
+    fn forward(
+        &self,
+        _subject: &str,
+        _payload: Bytes,
+        _identity: &Identity,
+    ) -> Result<(), RpcError> {
         Err(RpcError::NoBus)
     }
 }

@@ -50,7 +50,13 @@ pub trait Bus: Send + Sync {
     /// This pod lost its last local subscriber of `topic`.
     fn topic_inactive(&self, topic: &Topic);
     /// Sends a request to the backends answering `subject` and awaits one reply.
-    fn request(&self, subject: &str, payload: Bytes, identity: &Identity, timeout: Duration) -> RpcFuture;
+    fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> RpcFuture;
     /// Publishes to the backends listening on `subject`, fire-and-forget.
     fn forward(&self, subject: &str, payload: Bytes, identity: &Identity) -> Result<(), RpcError>;
 }

@@ -8,7 +8,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::*;
 
-fn request(url: &str, headers: &[(&'static str, &str)]) -> tokio_tungstenite::tungstenite::http::Request<()> {
+fn request(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> tokio_tungstenite::tungstenite::http::Request<()> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(*k, v.parse().unwrap());
@@ -42,9 +45,12 @@ async fn tokens_are_read_from_query_header_and_subprotocol() {
 
     // Browsers offer the token as a subprotocol; the server must pick one they offered.
     let offer = format!("switchboard.v1, bearer.{token}");
-    let c = Client::connect_request(request(&server.url(), &[("sec-websocket-protocol", &offer)]))
-        .await
-        .unwrap();
+    let c = Client::connect_request(request(
+        &server.url(),
+        &[("sec-websocket-protocol", &offer)],
+    ))
+    .await
+    .unwrap();
     assert_eq!(c.open["user"]["id"], "alice");
     assert_eq!(c.headers["sec-websocket-protocol"], "switchboard.v1");
     server.stop().await;
@@ -52,12 +58,22 @@ async fn tokens_are_read_from_query_header_and_subprotocol() {
 
 #[tokio::test]
 async fn without_anonymous_access_a_token_is_required() {
-    let server = TestServer::start(&with(TEST_APP, &[(TOKEN_ONLY, "anonymous: false\n    jwt:")])).await;
+    let server = TestServer::start(&with(
+        TEST_APP,
+        &[(TOKEN_ONLY, "anonymous: false\n    jwt:")],
+    ))
+    .await;
     let r = refused(&server.url(), &[]).await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("UNAUTHENTICATED"), "{}", r.body);
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_upgrades_rejected_total{reason="unauthenticated"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchboard_upgrades_rejected_total{reason="unauthenticated"}"#
+        ),
+        Some(1.0)
+    );
     server.stop().await;
 }
 
@@ -103,7 +119,10 @@ async fn bad_tokens_are_refused_with_401_even_where_anonymous_is_allowed() {
         let r = refused(&format!("{}?access_token={token}", server.url()), &[]).await;
         assert_eq!(r.status, 401, "{what}");
         assert!(r.body.contains(phrase), "{what}: {}", r.body);
-        assert!(!r.body.contains(&token), "{what}: the token must not be echoed");
+        assert!(
+            !r.body.contains(&token),
+            "{what}: the token must not be echoed"
+        );
     }
     server.stop().await;
 }
@@ -113,7 +132,10 @@ fn base64url(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -125,14 +147,22 @@ fn base64url(s: &str) -> String {
 async fn public_key_algorithms_verify_with_the_mounted_key() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     for (alg, name, public, private) in [
-        ("EdDSA", Algorithm::EdDSA, "ed25519-public.pem", "ed25519-private.pem"),
+        (
+            "EdDSA",
+            Algorithm::EdDSA,
+            "ed25519-public.pem",
+            "ed25519-private.pem",
+        ),
         ("ES256", Algorithm::ES256, "ec-public.pem", "ec-private.pem"),
     ] {
         let app = with(
             TEST_APP,
             &[
                 ("algorithms: [HS256]", &format!("algorithms: [{alg}]")),
-                ("secretRef: {name: jwt, key: secret}", &format!("publicKeyRef: {{name: keys, key: {public}}}")),
+                (
+                    "secretRef: {name: jwt, key: secret}",
+                    &format!("publicKeyRef: {{name: keys, key: {public}}}"),
+                ),
             ],
         );
         let server = TestServer::start(&app).await;
@@ -145,7 +175,11 @@ async fn public_key_algorithms_verify_with_the_mounted_key() {
         let c = Client::connect(&format!("{}?access_token={token}", server.url())).await;
         assert_eq!(c.open["user"]["id"], "kim", "{alg}");
         // An HMAC token is refused by a public-key-only app.
-        let r = refused(&format!("{}?access_token={}", server.url(), hs256(claims("kim", 60))), &[]).await;
+        let r = refused(
+            &format!("{}?access_token={}", server.url(), hs256(claims("kim", 60))),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 401, "{alg}");
         server.stop().await;
     }
@@ -154,25 +188,52 @@ async fn public_key_algorithms_verify_with_the_mounted_key() {
 #[tokio::test]
 async fn an_expired_token_closes_the_connection_with_4401() {
     let server = TestServer::start(TEST_APP).await;
-    let mut c = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("eve", 2)))).await;
+    let mut c = Client::connect(&format!(
+        "{}?access_token={}",
+        server.url(),
+        hs256(claims("eve", 2))
+    ))
+    .await;
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, 4401);
-    wait_for_metric(&server, r#"switchboard_connections_closed_total{reason="token_expired"}"#, 1.0).await;
+    wait_for_metric(
+        &server,
+        r#"switchboard_connections_closed_total{reason="token_expired"}"#,
+        1.0,
+    )
+    .await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_refreshed_token_keeps_the_connection_open() {
     let server = TestServer::start(TEST_APP).await;
-    let mut c = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("eve", 2)))).await;
+    let mut c = Client::connect(&format!(
+        "{}?access_token={}",
+        server.url(),
+        hs256(claims("eve", 2))
+    ))
+    .await;
 
     let e = c.call("$ws:auth", "bad", json!({"token": "garbage"})).await;
     assert_error(&e, "ERROR", "UNAUTHENTICATED", Some("bad"));
-    let e = c.call("$ws:auth", "other", json!({"token": hs256(claims("mallory", 60))})).await;
+    let e = c
+        .call(
+            "$ws:auth",
+            "other",
+            json!({"token": hs256(claims("mallory", 60))}),
+        )
+        .await;
     assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("other"));
     let e = c.call("$ws:auth", "none", json!({})).await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("none"));
 
-    let ack = c.call("$ws:auth", "fresh", json!({"token": hs256(claims("eve", 60))})).await;
+    let ack = c
+        .call(
+            "$ws:auth",
+            "fresh",
+            json!({"token": hs256(claims("eve", 60))}),
+        )
+        .await;
     assert_eq!(ack["type"], "$ws:ack", "{ack}");
     assert!(ack["payload"]["expiresAt"].as_u64().unwrap() > now() * 1000 + 50_000);
     c.expect_silence(Duration::from_secs(3)).await;
@@ -184,15 +245,21 @@ async fn a_refreshed_token_keeps_the_connection_open() {
 async fn upgrades_from_origins_not_on_the_list_get_403() {
     let app = with(
         TEST_APP,
-        &[("  auth:\n", "  allowedOrigins: [\"https://chat.example.com\"]\n  auth:\n")],
+        &[(
+            "  auth:\n",
+            "  allowedOrigins: [\"https://chat.example.com\"]\n  auth:\n",
+        )],
     );
     let server = TestServer::start(&app).await;
     let r = refused(&server.url(), &[("origin", "https://evil.example.com")]).await;
     assert_eq!(r.status, 403);
     assert!(r.body.contains("PERMISSION_DENIED"), "{}", r.body);
-    Client::connect_request(request(&server.url(), &[("origin", "https://chat.example.com")]))
-        .await
-        .unwrap();
+    Client::connect_request(request(
+        &server.url(),
+        &[("origin", "https://chat.example.com")],
+    ))
+    .await
+    .unwrap();
     // Non-browser clients send no Origin; the check protects browsers only.
     server.client().await;
     server.stop().await;

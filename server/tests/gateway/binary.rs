@@ -20,7 +20,8 @@ async fn run_to_end(args: &[&str]) -> (i32, String) {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -39,17 +40,36 @@ async fn an_invalid_app_names_the_field_and_exits_2_before_listening() {
     let dir = std::env::temp_dir().join(format!("sb-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.yaml");
-    let bad = TEST_APP.replacen("publish: {topic: \"room:{roomId}\", emit: SAID}", "publish: {topic: \"room:{nope}\", emit: SAID}", 1);
+    let bad = TEST_APP.replacen(
+        "publish: {topic: \"room:{roomId}\", emit: SAID}",
+        "publish: {topic: \"room:{nope}\", emit: SAID}",
+        1,
+    );
     std::fs::write(&file, bad).unwrap();
-    let (code, text) = run_to_end(&["--app", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
+    let (code, text) =
+        run_to_end(&["--app", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("spec.routes[2].publish.topic") && text.contains("{nope}"), "{text}");
+    assert!(
+        text.contains("spec.routes[2].publish.topic") && text.contains("{nope}"),
+        "{text}"
+    );
     assert!(!text.contains("serving"), "{text}");
 
-    std::fs::write(&file, TEST_APP.replacen("      forward: {subject: tells}", "      forwrd: {subject: tells}", 1)).unwrap();
+    std::fs::write(
+        &file,
+        TEST_APP.replacen(
+            "      forward: {subject: tells}",
+            "      forwrd: {subject: tells}",
+            1,
+        ),
+    )
+    .unwrap();
     let (code, text) = run_to_end(&["--app", file.to_str().unwrap()]).await;
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("spec.routes[11]") && text.contains("forwrd"), "{text}");
+    assert!(
+        text.contains("spec.routes[11]") && text.contains("forwrd"),
+        "{text}"
+    );
 
     let (code, text) = run_to_end(&["--app", dir.join("missing.yaml").to_str().unwrap()]).await;
     assert_eq!(code, 2, "{text}");
@@ -66,7 +86,8 @@ async fn check_validates_app_and_secrets() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("app.yaml"), TEST_APP).unwrap();
     // TEST_APP needs the jwt Secret, which /nonexistent does not hold.
-    let (code, text) = run_to_end(&["--check", "--app", dir.join("app.yaml").to_str().unwrap()]).await;
+    let (code, text) =
+        run_to_end(&["--check", "--app", dir.join("app.yaml").to_str().unwrap()]).await;
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("spec.auth.jwt.secretRef"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -82,7 +103,14 @@ struct Running {
 
 async fn start_default_app() -> Running {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--instance", "bin-0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--instance",
+            "bin-0",
+        ])
         .env("RUST_LOG", "debug")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -141,7 +169,8 @@ async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
     }
     bob.tell("TYPING", json!({"roomId": "lobby"})).await;
     assert_eq!(alice.recv().await["type"], "USER_TYPING");
-    bob.tell("SEND_MESSAGE", json!({"roomId": "lobby", "text": "hello"})).await;
+    bob.tell("SEND_MESSAGE", json!({"roomId": "lobby", "text": "hello"}))
+        .await;
     for c in [&mut alice, &mut bob] {
         let m = c.recv().await;
         assert_eq!(m["type"], "ROOM_MESSAGE");
@@ -149,26 +178,40 @@ async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
     }
     // A private inbox: only its owner may watch it; anyone may write to it.
     let alice_id = alice.open["user"]["id"].as_str().unwrap().to_owned();
-    let e = bob.call("WATCH_INBOX", "w", json!({"userId": alice_id})).await;
+    let e = bob
+        .call("WATCH_INBOX", "w", json!({"userId": alice_id}))
+        .await;
     assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("w"));
-    alice.call("WATCH_INBOX", "w", json!({"userId": alice_id})).await;
-    bob.tell("SEND_DIRECT", json!({"userId": alice_id, "text": "psst"})).await;
+    alice
+        .call("WATCH_INBOX", "w", json!({"userId": alice_id}))
+        .await;
+    bob.tell("SEND_DIRECT", json!({"userId": alice_id, "text": "psst"}))
+        .await;
     assert_eq!(alice.recv().await["type"], "DIRECT_MESSAGE");
-    let e = alice.call("FETCH_PROFILE", "p", json!({"userId": "x"})).await;
+    let e = alice
+        .call("FETCH_PROFILE", "p", json!({"userId": "x"}))
+        .await;
     assert_error(&e, "RPC_ERROR", "UNAVAILABLE", Some("p"));
 
     // A token that fails verification is refused, and never written to the log.
-    let secret_token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b3Atc2VjcmV0In0.c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtbGVhaw";
-    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "{}?access_token={secret_token}",
-        server.ws
-    ))
+    let secret_token =
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b3Atc2VjcmV0In0.c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtbGVhaw";
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{}?access_token={secret_token}", server.ws),
+    )
     .unwrap();
-    assert_eq!(Client::connect_request(req).await.err().unwrap().status, 401);
+    assert_eq!(
+        Client::connect_request(req).await.err().unwrap().status,
+        401
+    );
 
     // SIGTERM: every client is closed with 1001 and the process exits 0.
     let pid = server.child.id().unwrap().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert_eq!(alice.expect_close(Duration::from_secs(5)).await, 1001);
     assert_eq!(bob.expect_close(Duration::from_secs(5)).await, 1001);
     let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
@@ -177,9 +220,15 @@ async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     let log = server.log.lock().unwrap().clone();
-    assert!(log.contains("connection"), "debug logs were captured: {log}");
+    assert!(
+        log.contains("connection"),
+        "debug logs were captured: {log}"
+    );
     for part in secret_token.split('.') {
-        assert!(!log.contains(part), "a token part leaked into the log:\n{log}");
+        assert!(
+            !log.contains(part),
+            "a token part leaked into the log:\n{log}"
+        );
     }
 }
 
@@ -198,7 +247,8 @@ async fn json_logs_when_asked() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert_eq!(v["message"], "serving");
     assert!(v["ws"].as_str().is_some(), "{v}");
 }

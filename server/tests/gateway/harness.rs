@@ -121,7 +121,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(yaml: &str) -> Self {
-        let secrets = std::env::temp_dir().join(format!("sb-test-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        let secrets = std::env::temp_dir().join(format!(
+            "sb-test-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(secrets.join("jwt")).unwrap();
         std::fs::write(secrets.join("jwt/secret"), JWT_SECRET).unwrap();
         std::fs::create_dir_all(secrets.join("keys")).unwrap();
@@ -129,7 +133,8 @@ impl TestServer {
         for f in ["ed25519-public.pem", "ec-public.pem"] {
             std::fs::copy(fixtures.join(f), secrets.join("keys").join(f)).unwrap();
         }
-        let app = switchboard_spec::load(yaml).unwrap_or_else(|e| panic!("test app is invalid: {e}"));
+        let app =
+            switchboard_spec::load(yaml).unwrap_or_else(|e| panic!("test app is invalid: {e}"));
         let server = Server::bind(ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -210,14 +215,29 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .unwrap();
     let mut buf = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut buf)).await.unwrap().unwrap();
-    let status = buf.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 pub fn hs256(claims: Value) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(JWT_SECRET)).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap()
 }
 
 pub fn now() -> u64 {
@@ -254,24 +274,29 @@ impl Client {
     }
 
     pub async fn connect_request(req: Request<()>) -> Result<Self, Refused> {
-        let (ws, response) = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(WsError::Http(r))) => {
-                return Err(Refused {
-                    status: r.status().as_u16(),
-                    body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
-                });
-            }
-            Ok(Err(e)) => panic!("connect failed: {e}"),
-            Err(_) => panic!("connect timed out"),
-        };
+        let (ws, response) =
+            match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
+                Ok(Ok(ok)) => ok,
+                Ok(Err(WsError::Http(r))) => {
+                    return Err(Refused {
+                        status: r.status().as_u16(),
+                        body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+                            .into_owned(),
+                    });
+                }
+                Ok(Err(e)) => panic!("connect failed: {e}"),
+                Err(_) => panic!("connect timed out"),
+            };
         let mut client = Self {
             ws,
             open: Value::Null,
             headers: response.headers().clone(),
         };
         let open = client.recv().await;
-        assert_eq!(open["type"], "$ws:open", "first frame must be $ws:open: {open}");
+        assert_eq!(
+            open["type"], "$ws:open",
+            "first frame must be $ws:open: {open}"
+        );
         client.open = open["payload"].clone();
         Ok(client)
     }
@@ -289,7 +314,12 @@ impl Client {
     }
 
     /// Sends `{type, meta: {correlationId}, payload}`.
-    pub async fn call(&mut self, message_type: &str, correlation_id: &str, payload: Value) -> Value {
+    pub async fn call(
+        &mut self,
+        message_type: &str,
+        correlation_id: &str,
+        payload: Value,
+    ) -> Value {
         self.send(json!({"type": message_type, "meta": {"correlationId": correlation_id}, "payload": payload}))
             .await;
         self.recv().await
@@ -297,7 +327,8 @@ impl Client {
 
     /// Sends without a correlation id (no ack expected).
     pub async fn tell(&mut self, message_type: &str, payload: Value) {
-        self.send(json!({"type": message_type, "payload": payload})).await;
+        self.send(json!({"type": message_type, "payload": payload}))
+            .await;
     }
 
     /// The next data frame, parsed. Panics on close or silence.
@@ -370,7 +401,12 @@ impl Client {
 pub fn assert_error(frame: &Value, error_type: &str, code: &str, correlation_id: Option<&str>) {
     assert_eq!(frame["type"], error_type, "{frame}");
     assert_eq!(frame["payload"]["code"], code, "{frame}");
-    assert!(frame["payload"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{frame}");
+    assert!(
+        frame["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{frame}"
+    );
     assert!(frame["payload"]["retryable"].is_boolean(), "{frame}");
     match correlation_id {
         Some(c) => assert_eq!(frame["meta"]["correlationId"], c, "{frame}"),

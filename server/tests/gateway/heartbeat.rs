@@ -7,7 +7,13 @@ use serde_json::json;
 use crate::harness::*;
 
 fn fast_heartbeat() -> String {
-    with(TEST_APP, &[("heartbeat: {intervalSeconds: 25, timeoutSeconds: 10}", "heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}")])
+    with(
+        TEST_APP,
+        &[(
+            "heartbeat: {intervalSeconds: 25, timeoutSeconds: 10}",
+            "heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}",
+        )],
+    )
 }
 
 #[tokio::test]
@@ -17,7 +23,12 @@ async fn a_client_that_never_answers_pings_is_closed_with_4001() {
     // Not reading means not answering the server's pings.
     tokio::time::sleep(Duration::from_millis(2600)).await;
     assert_eq!(c.expect_close(Duration::from_secs(3)).await, 4001);
-    wait_for_metric(&server, r#"switchboard_connections_closed_total{reason="heartbeat_timeout"}"#, 1.0).await;
+    wait_for_metric(
+        &server,
+        r#"switchboard_connections_closed_total{reason="heartbeat_timeout"}"#,
+        1.0,
+    )
+    .await;
     server.stop().await;
 }
 
@@ -33,12 +44,20 @@ async fn a_client_that_answers_pings_stays_connected() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_with_4003_and_messages_keep_them_alive() {
-    let app = with(TEST_APP, &[("handshakeTimeoutSeconds: 2", "handshakeTimeoutSeconds: 2\n    idleTimeoutSeconds: 1")]);
+    let app = with(
+        TEST_APP,
+        &[(
+            "handshakeTimeoutSeconds: 2",
+            "handshakeTimeoutSeconds: 2\n    idleTimeoutSeconds: 1",
+        )],
+    );
     let server = TestServer::start(&app).await;
     let mut busy = server.client().await;
     let mut idle = server.client().await;
     for i in 0..5 {
-        let ack = busy.call("JOIN", &format!("j{i}"), json!({"roomId": "r"})).await;
+        let ack = busy
+            .call("JOIN", &format!("j{i}"), json!({"roomId": "r"}))
+            .await;
         assert_eq!(ack["type"], "$ws:ack");
         tokio::time::sleep(Duration::from_millis(400)).await;
     }

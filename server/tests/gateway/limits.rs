@@ -15,7 +15,9 @@ async fn a_token_bucket_refuses_with_the_exact_wait_then_refills() {
     let server = TestServer::start(TEST_APP).await;
     let mut c = server.client().await;
     for i in 0..3 {
-        let ack = c.call("LIMITED", &format!("l{i}"), json!({"roomId": "r"})).await;
+        let ack = c
+            .call("LIMITED", &format!("l{i}"), json!({"roomId": "r"}))
+            .await;
         assert_eq!(ack["type"], "$ws:ack", "{ack}");
     }
     let e = c.call("LIMITED", "l3", json!({"roomId": "r"})).await;
@@ -26,30 +28,51 @@ async fn a_token_bucket_refuses_with_the_exact_wait_then_refills() {
     // 2 tokens/s: one token is at most 500 ms away.
     assert!(wait > 0 && wait <= 500, "{wait}");
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert_eq!(c.call("LIMITED", "l4", json!({"roomId": "r"})).await["type"], "$ws:ack");
+    assert_eq!(
+        c.call("LIMITED", "l4", json!({"roomId": "r"})).await["type"],
+        "$ws:ack"
+    );
     // Other routes draw from no bucket.
     c.assert_alive().await;
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_rate_limited_total{bucket="burst"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"switchboard_rate_limited_total{bucket="burst"}"#),
+        Some(1.0),
+        "{m}"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn connections_per_ip_past_the_limit_get_429() {
-    let app = with(TEST_APP, &[("maxSubscriptionsPerConnection: 3", "maxSubscriptionsPerConnection: 3\n    maxConnectionsPerIp: 2")]);
+    let app = with(
+        TEST_APP,
+        &[(
+            "maxSubscriptionsPerConnection: 3",
+            "maxSubscriptionsPerConnection: 3\n    maxConnectionsPerIp: 2",
+        )],
+    );
     let server = TestServer::start(&app).await;
     let a = server.client().await;
     let _b = server.client().await;
-    let r = Client::connect_request(tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(server.url()).unwrap())
-        .await
-        .err()
-        .expect("third connection must be refused");
+    let r = Client::connect_request(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url(),
+        )
+        .unwrap(),
+    )
+    .await
+    .err()
+    .expect("third connection must be refused");
     assert_eq!(r.status, 429);
     drop(a);
     let mut admitted = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(server.url()).unwrap();
+        let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url(),
+        )
+        .unwrap();
         if Client::connect_request(req).await.is_ok() {
             admitted = true;
             break;
@@ -61,15 +84,33 @@ async fn connections_per_ip_past_the_limit_get_429() {
 
 #[tokio::test]
 async fn connections_past_the_pod_limit_get_503() {
-    let app = with(TEST_APP, &[("maxSubscriptionsPerConnection: 3", "maxSubscriptionsPerConnection: 3\n    maxConnections: 2")]);
+    let app = with(
+        TEST_APP,
+        &[(
+            "maxSubscriptionsPerConnection: 3",
+            "maxSubscriptionsPerConnection: 3\n    maxConnections: 2",
+        )],
+    );
     let server = TestServer::start(&app).await;
     let _a = server.client().await;
     let _b = server.client().await;
-    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(server.url()).unwrap();
-    let r = Client::connect_request(req).await.err().expect("must be refused");
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        server.url(),
+    )
+    .unwrap();
+    let r = Client::connect_request(req)
+        .await
+        .err()
+        .expect("must be refused");
     assert_eq!(r.status, 503);
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_upgrades_rejected_total{reason="capacity"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchboard_upgrades_rejected_total{reason="capacity"}"#
+        ),
+        Some(1.0)
+    );
     server.stop().await;
 }
 
@@ -79,7 +120,9 @@ async fn a_connection_that_never_completes_the_handshake_is_dropped() {
     let started = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(server.ws).await.unwrap();
     let mut slow = tokio::net::TcpStream::connect(server.ws).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     for s in [&mut silent, &mut slow] {
         let mut buf = Vec::new();
         let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
@@ -87,7 +130,10 @@ async fn a_connection_that_never_completes_the_handshake_is_dropped() {
             .expect("the server must drop a stalled handshake");
         assert!(n.is_ok());
     }
-    assert!(started.elapsed() >= Duration::from_millis(1900), "not before handshakeTimeoutSeconds");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "not before handshakeTimeoutSeconds"
+    );
     server.stop().await;
 }
 
@@ -114,12 +160,23 @@ async fn a_message_above_max_payload_closes_with_1009() {
     c.send_text(&"x".repeat(3000)).await;
     assert_eq!(c.expect_close(Duration::from_secs(2)).await, 1009);
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_connections_closed_total{reason="too_big"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchboard_connections_closed_total{reason="too_big"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
     server.stop().await;
 }
 
 fn fragment(text: &str, first: bool, fin: bool) -> Message {
-    let opcode = if first { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+    let opcode = if first {
+        OpCode::Data(Data::Text)
+    } else {
+        OpCode::Data(Data::Continue)
+    };
     Message::Frame(Frame::message(text.as_bytes().to_vec(), opcode, fin))
 }
 
@@ -145,7 +202,9 @@ async fn fragmented_messages_are_reassembled_and_bounded_as_a_whole() {
 async fn flood(publisher: &mut Client, feed: &str, count: usize, size: usize) {
     let body = "y".repeat(size);
     for _ in 0..count {
-        publisher.tell("POST", json!({"feedId": feed, "body": body})).await;
+        publisher
+            .tell("POST", json!({"feedId": feed, "body": body}))
+            .await;
     }
 }
 
@@ -154,7 +213,10 @@ fn big_messages(policy: &str) -> String {
         TEST_APP,
         &[
             ("maxPayloadBytes: 2048", "maxPayloadBytes: 65536"),
-            ("outboundQueueMessages: 64", &format!("outboundQueueMessages: 64\n    slowConsumer: {policy}")),
+            (
+                "outboundQueueMessages: 64",
+                &format!("outboundQueueMessages: 64\n    slowConsumer: {policy}"),
+            ),
         ],
     )
 }
@@ -182,8 +244,20 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one_else() {
     }
     reader.assert_alive().await;
 
-    let m = wait_for_metric(&server, r#"switchboard_connections_closed_total{reason="slow_consumer"}"#, 1.0).await;
-    assert!(metric(&m, r#"switchboard_dropped_deliveries_total{reason="slow_consumer_disconnect"}"#).unwrap() >= 1.0);
+    let m = wait_for_metric(
+        &server,
+        r#"switchboard_connections_closed_total{reason="slow_consumer"}"#,
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(
+            &m,
+            r#"switchboard_dropped_deliveries_total{reason="slow_consumer_disconnect"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
     // The stalled client, when it finally reads, finds the stream ended by the server.
     drop(stalled);
     server.stop().await;
@@ -193,14 +267,20 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one_else() {
 async fn drop_oldest_keeps_a_stalled_client_connected_and_counts_the_drops() {
     let server = TestServer::start(&big_messages("dropOldest")).await;
     let mut stalled = server.client().await;
-    stalled.call("FOLLOW", "f", json!({"feedId": "ticker"})).await;
+    stalled
+        .call("FOLLOW", "f", json!({"feedId": "ticker"}))
+        .await;
     let mut publisher = server.client().await;
     flood(&mut publisher, "ticker", 1500, 16 * 1024).await;
     publisher.assert_alive().await;
     let mut dropped = 0.0;
     for _ in 0..100 {
         let m = server.metrics().await;
-        dropped = metric(&m, r#"switchboard_dropped_deliveries_total{reason="slow_consumer_drop_oldest"}"#).unwrap_or(0.0);
+        dropped = metric(
+            &m,
+            r#"switchboard_dropped_deliveries_total{reason="slow_consumer_drop_oldest"}"#,
+        )
+        .unwrap_or(0.0);
         if dropped > 0.0 {
             break;
         }

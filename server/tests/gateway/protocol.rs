@@ -10,7 +10,12 @@ async fn open_frame_announces_connection_instance_user_and_limits() {
     let server = TestServer::start(TEST_APP).await;
     let c = server.client().await;
     let open = &c.open;
-    assert!(open["connectionId"].as_str().unwrap().starts_with("test-0-"));
+    assert!(
+        open["connectionId"]
+            .as_str()
+            .unwrap()
+            .starts_with("test-0-")
+    );
     assert_eq!(open["instance"], "test-0");
     assert_eq!(open["app"], "test");
     assert_eq!(open["protocol"], "switchboard.v1");
@@ -57,13 +62,21 @@ async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() 
     c.send_text("{not json").await;
     let e = c.recv().await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", None);
-    assert!(e["payload"]["message"].as_str().unwrap().contains("JSON"), "{e}");
+    assert!(
+        e["payload"]["message"].as_str().unwrap().contains("JSON"),
+        "{e}"
+    );
 
-    c.send_text(r#"{"type":"JOIN","meta":{"correlationId":"k1"},"payload":{"roomId":"a"},"extra":true}"#)
-        .await;
+    c.send_text(
+        r#"{"type":"JOIN","meta":{"correlationId":"k1"},"payload":{"roomId":"a"},"extra":true}"#,
+    )
+    .await;
     let e = c.recv().await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("k1"));
-    assert!(e["payload"]["message"].as_str().unwrap().contains("extra"), "{e}");
+    assert!(
+        e["payload"]["message"].as_str().unwrap().contains("extra"),
+        "{e}"
+    );
 
     c.send_text("[1,2,3]").await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
@@ -71,7 +84,8 @@ async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() 
     c.send_text(r#"{"payload":{}}"#).await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
 
-    c.send_text(&json!({"type": "x".repeat(129)}).to_string()).await;
+    c.send_text(&json!({"type": "x".repeat(129)}).to_string())
+        .await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
 
     let e = c.call("NO_SUCH_TYPE", "u1", json!({})).await;
@@ -83,12 +97,22 @@ async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() 
     c.send_message(Message::binary(vec![1u8, 2, 3])).await;
     let e = c.recv().await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", None);
-    assert!(e["payload"]["message"].as_str().unwrap().contains("binary"), "{e}");
+    assert!(
+        e["payload"]["message"].as_str().unwrap().contains("binary"),
+        "{e}"
+    );
 
     c.assert_alive().await;
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_errors_total{code="INVALID_ARGUMENT"}"#), Some(6.0), "{m}");
-    assert_eq!(metric(&m, r#"switchboard_errors_total{code="UNIMPLEMENTED"}"#), Some(2.0));
+    assert_eq!(
+        metric(&m, r#"switchboard_errors_total{code="INVALID_ARGUMENT"}"#),
+        Some(6.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"switchboard_errors_total{code="UNIMPLEMENTED"}"#),
+        Some(2.0)
+    );
     server.stop().await;
 }
 
@@ -98,26 +122,49 @@ async fn schema_violations_name_the_failing_field_by_json_pointer() {
     let mut c = server.client().await;
     c.call("JOIN", "j", json!({"roomId": "r1"})).await;
 
-    let e = c.call("SAY", "s1", json!({"roomId": "r1", "text": "x".repeat(101)})).await;
+    let e = c
+        .call(
+            "SAY",
+            "s1",
+            json!({"roomId": "r1", "text": "x".repeat(101)}),
+        )
+        .await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s1"));
     assert_eq!(e["payload"]["retryable"], false);
     assert_eq!(e["payload"]["details"]["field"], "/text");
     assert_eq!(e["payload"]["details"]["errors"][0]["pointer"], "/text");
 
-    let e = c.call("SAY", "s2", json!({"roomId": "r1", "text": "hi", "color": "red"})).await;
+    let e = c
+        .call(
+            "SAY",
+            "s2",
+            json!({"roomId": "r1", "text": "hi", "color": "red"}),
+        )
+        .await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s2"));
-    assert!(e["payload"]["details"]["errors"][0]["message"].as_str().unwrap().contains("color"), "{e}");
+    assert!(
+        e["payload"]["details"]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("color"),
+        "{e}"
+    );
 
     let e = c.call("SAY", "s3", json!({"text": "hi"})).await;
     assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("s3"));
     assert_eq!(e["payload"]["details"]["field"], "");
 
-    c.send(json!({"type": "SAY", "meta": {"correlationId": "s4"}})).await;
+    c.send(json!({"type": "SAY", "meta": {"correlationId": "s4"}}))
+        .await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", Some("s4"));
 
     c.assert_alive().await;
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_validation_failures_total{type="SAY"}"#), Some(4.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"switchboard_validation_failures_total{type="SAY"}"#),
+        Some(4.0),
+        "{m}"
+    );
     server.stop().await;
 }
 
@@ -125,8 +172,13 @@ async fn schema_violations_name_the_failing_field_by_json_pointer() {
 async fn topic_values_that_would_reach_a_nats_wildcard_or_another_app_are_refused() {
     let server = TestServer::start(TEST_APP).await;
     let mut c = server.client().await;
-    for (i, evil) in ["a.b", "*", ">", "x:y", "sb.tests.other.t.room", "", "a b"].iter().enumerate() {
-        let e = c.call("JOIN", &format!("e{i}"), json!({"roomId": evil})).await;
+    for (i, evil) in ["a.b", "*", ">", "x:y", "sb.tests.other.t.room", "", "a b"]
+        .iter()
+        .enumerate()
+    {
+        let e = c
+            .call("JOIN", &format!("e{i}"), json!({"roomId": evil}))
+            .await;
         assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some(&format!("e{i}")));
         assert_eq!(e["payload"]["details"]["field"], "/roomId", "{evil:?}: {e}");
     }

@@ -15,7 +15,9 @@ async fn two_clients_in_a_room_see_each_others_messages() {
     alice.call("JOIN", "a", json!({"roomId": "lobby"})).await;
     bob.call("JOIN", "b", json!({"roomId": "lobby"})).await;
 
-    alice.tell("SAY", json!({"roomId": "lobby", "text": "hi bob"})).await;
+    alice
+        .tell("SAY", json!({"roomId": "lobby", "text": "hi bob"}))
+        .await;
     for c in [&mut alice, &mut bob] {
         let m = c.recv().await;
         assert_eq!(m["type"], "SAID");
@@ -23,11 +25,19 @@ async fn two_clients_in_a_room_see_each_others_messages() {
         assert_eq!(m["meta"]["publisher"], alice_id(&m));
         assert_eq!(m["payload"], json!({"roomId": "lobby", "text": "hi bob"}));
     }
-    let ack = bob.call("SAY", "b2", json!({"roomId": "lobby", "text": "hi alice"})).await;
+    let ack = bob
+        .call("SAY", "b2", json!({"roomId": "lobby", "text": "hi alice"}))
+        .await;
     // The publisher's own copy and its ack both arrive; the order between them is free.
     let other = bob.recv().await;
-    let types = [ack["type"].as_str().unwrap(), other["type"].as_str().unwrap()];
-    assert!(types.contains(&"$ws:ack") && types.contains(&"SAID"), "{types:?}");
+    let types = [
+        ack["type"].as_str().unwrap(),
+        other["type"].as_str().unwrap(),
+    ];
+    assert!(
+        types.contains(&"$ws:ack") && types.contains(&"SAID"),
+        "{types:?}"
+    );
     assert_eq!(alice.recv().await["payload"]["text"], "hi alice");
     server.stop().await;
 }
@@ -64,12 +74,16 @@ async fn exclude_self_skips_only_the_publishing_connection() {
 async fn publishing_requires_subscription_where_the_rule_says_so() {
     let server = TestServer::start(TEST_APP).await;
     let mut a = server.client().await;
-    let e = a.call("SAY", "s", json!({"roomId": "r", "text": "x"})).await;
+    let e = a
+        .call("SAY", "s", json!({"roomId": "r", "text": "x"}))
+        .await;
     assert_error(&e, "ERROR", "FAILED_PRECONDITION", Some("s"));
     // feed: has no such rule; a non-subscriber may post.
     let mut reader = server.client().await;
     reader.call("FOLLOW", "f", json!({"feedId": "news"})).await;
-    let ack = a.call("POST", "p", json!({"feedId": "news", "body": "hello"})).await;
+    let ack = a
+        .call("POST", "p", json!({"feedId": "news", "body": "hello"}))
+        .await;
     assert_eq!(ack["type"], "$ws:ack");
     let m = reader.recv().await;
     assert_eq!(m["type"], "POSTED");
@@ -85,16 +99,24 @@ async fn unsubscribe_stops_deliveries() {
     a.call("JOIN", "a", json!({"roomId": "r"})).await;
     b.call("FOLLOW", "b", json!({"feedId": "f"})).await;
     let ack = b.call("LEAVE", "l", json!({"roomId": "r"})).await;
-    assert_eq!(ack["type"], "$ws:ack", "leaving a room one is not in is fine");
+    assert_eq!(
+        ack["type"], "$ws:ack",
+        "leaving a room one is not in is fine"
+    );
     a.tell("POST", json!({"feedId": "f"})).await;
     assert_eq!(b.recv().await["type"], "POSTED");
     b.call("JOIN", "j", json!({"roomId": "r"})).await;
     b.call("LEAVE", "l2", json!({"roomId": "r"})).await;
-    a.tell("SAY", json!({"roomId": "r", "text": "anyone?"})).await;
+    a.tell("SAY", json!({"roomId": "r", "text": "anyone?"}))
+        .await;
     assert_eq!(a.recv().await["type"], "SAID");
     b.expect_silence(Duration::from_millis(300)).await;
     let m = server.metrics().await;
-    assert_eq!(metric(&m, "switchboard_topics"), Some(2.0), "room:r (a) and feed:f (b): {m}");
+    assert_eq!(
+        metric(&m, "switchboard_topics"),
+        Some(2.0),
+        "room:r (a) and feed:f (b): {m}"
+    );
     assert_eq!(metric(&m, "switchboard_subscriptions"), Some(2.0));
     server.stop().await;
 }
@@ -131,17 +153,32 @@ async fn route_roles_and_topic_roles_are_enforced() {
 
     let mut claims = claims("ada", 60);
     claims["roles"] = json!(["admin", "moderator"]);
-    let mut admin = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims))).await;
-    assert_eq!(admin.open["user"]["roles"], json!(["user", "admin", "moderator"]));
-    assert_eq!(admin.call("MODERATE", "m", json!({"roomId": "r"})).await["type"], "$ws:ack");
-    assert_eq!(admin.call("STAFF_JOIN", "s", json!({"team": "ops"})).await["type"], "$ws:ack");
+    let mut admin =
+        Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims))).await;
+    assert_eq!(
+        admin.open["user"]["roles"],
+        json!(["user", "admin", "moderator"])
+    );
+    assert_eq!(
+        admin.call("MODERATE", "m", json!({"roomId": "r"})).await["type"],
+        "$ws:ack"
+    );
+    assert_eq!(
+        admin.call("STAFF_JOIN", "s", json!({"team": "ops"})).await["type"],
+        "$ws:ack"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_private_topic_is_only_for_its_owner() {
     let server = TestServer::start(TEST_APP).await;
-    let mut alice = Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims("alice", 60)))).await;
+    let mut alice = Client::connect(&format!(
+        "{}?access_token={}",
+        server.url(),
+        hs256(claims("alice", 60))
+    ))
+    .await;
     let e = alice.call("WATCH", "w1", json!({"userId": "bob"})).await;
     assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("w1"));
     let ack = alice.call("WATCH", "w2", json!({"userId": "alice"})).await;
@@ -154,15 +191,24 @@ async fn subscriptions_per_connection_are_capped() {
     let server = TestServer::start(TEST_APP).await;
     let mut c = server.client().await;
     for r in ["a", "b", "c"] {
-        assert_eq!(c.call("JOIN", r, json!({"roomId": r})).await["type"], "$ws:ack");
+        assert_eq!(
+            c.call("JOIN", r, json!({"roomId": r})).await["type"],
+            "$ws:ack"
+        );
     }
     // Re-joining is idempotent and costs nothing.
-    assert_eq!(c.call("JOIN", "again", json!({"roomId": "a"})).await["type"], "$ws:ack");
+    assert_eq!(
+        c.call("JOIN", "again", json!({"roomId": "a"})).await["type"],
+        "$ws:ack"
+    );
     let e = c.call("JOIN", "d", json!({"roomId": "d"})).await;
     assert_error(&e, "ERROR", "RESOURCE_EXHAUSTED", Some("d"));
     assert_eq!(e["payload"]["retryable"], false);
     c.call("LEAVE", "l", json!({"roomId": "a"})).await;
-    assert_eq!(c.call("JOIN", "d2", json!({"roomId": "d"})).await["type"], "$ws:ack");
+    assert_eq!(
+        c.call("JOIN", "d2", json!({"roomId": "d"})).await["type"],
+        "$ws:ack"
+    );
     server.stop().await;
 }
 
@@ -185,11 +231,14 @@ async fn one_delivery_fans_out_to_many_subscribers() {
     let mut subs = Vec::new();
     for i in 0..20 {
         let mut c = server.client().await;
-        c.call("FOLLOW", &format!("f{i}"), json!({"feedId": "big"})).await;
+        c.call("FOLLOW", &format!("f{i}"), json!({"feedId": "big"}))
+            .await;
         subs.push(c);
     }
     let mut publisher = server.client().await;
-    publisher.tell("POST", json!({"feedId": "big", "body": "to all"})).await;
+    publisher
+        .tell("POST", json!({"feedId": "big", "body": "to all"}))
+        .await;
     let mut first: Option<serde_json::Value> = None;
     for c in &mut subs {
         let m = c.recv().await;
@@ -201,7 +250,11 @@ async fn one_delivery_fans_out_to_many_subscribers() {
         }
     }
     let m = server.metrics().await;
-    assert_eq!(metric(&m, r#"switchboard_messages_sent_total{type="POSTED"}"#), Some(20.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"switchboard_messages_sent_total{type="POSTED"}"#),
+        Some(20.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "switchboard_fanout_recipients_sum"), Some(20.0));
     assert!(metric(&m, "switchboard_delivery_latency_seconds_count").unwrap() >= 20.0);
     server.stop().await;
