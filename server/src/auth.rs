@@ -168,7 +168,10 @@ impl JwtVerifier {
                     AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
                     AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
                     AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
-                    AlgorithmFamily::Hmac => unreachable_family(),
+                    // `public_family` excludes HMAC; a secret is never read as a PEM key.
+                    AlgorithmFamily::Hmac => {
+                        Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into())
+                    }
                 };
                 Some(key.map_err(|e| AuthSetupError::Key {
                     field,
@@ -255,12 +258,6 @@ impl JwtVerifier {
             expires_at,
         })
     }
-}
-
-/// Public-key families never reach the HMAC arm; kept as a function so the match stays
-/// exhaustive without a panic on a client-reachable path (keys load at start-up only).
-fn unreachable_family() -> Result<DecodingKey, jsonwebtoken::errors::Error> {
-    Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into())
 }
 
 /// A client-facing description of a verification failure (never the token itself).

@@ -233,9 +233,11 @@ async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
 }
 
 #[tokio::test]
-async fn json_logs_when_asked() {
+async fn flags_come_from_the_environment_and_logs_can_be_json() {
     let child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("POD_NAME", "from-env")
         .env("SWITCHBOARD_LOG_FORMAT", "json")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -250,5 +252,6 @@ async fn json_logs_when_asked() {
     let v: serde_json::Value =
         serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert_eq!(v["message"], "serving");
-    assert!(v["ws"].as_str().is_some(), "{v}");
+    assert!(v["ws"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+    assert_eq!(v["instance"], "from-env");
 }
