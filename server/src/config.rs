@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
+    /// NATS server to use as the bus between replicas; overrides the app's spec.nats.url.
+    /// Without either, an in-process bus serves one replica.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
     /// Check the app (spec, schemas, secrets) and exit: 0 when it would serve.
     #[arg(long)]
     pub check: bool,
@@ -67,4 +72,6 @@ pub struct ServerConfig {
     pub app: switchboard_spec::CompiledApp,
     pub secrets_dir: PathBuf,
     pub instance: String,
+    /// `--nats-url`, else `spec.nats.url`, else none (in-process bus).
+    pub nats_url: Option<String>,
 }

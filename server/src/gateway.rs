@@ -181,14 +181,14 @@ fn upgrade(
     }
 
     let limits = &state.app.spec.limits;
-    let handle = Arc::new(ConnectionHandle {
-        id: connection_id,
-        queue: OutboundQueue::new(
+    let handle = Arc::new(ConnectionHandle::new(
+        connection_id,
+        OutboundQueue::new(
             limits.outbound_queue_messages as usize,
             limits.slow_consumer,
         ),
-        abort: state.abort_all.child_token(),
-    });
+        state.abort_all.child_token(),
+    ));
     let session = Session {
         handle,
         user_id: Arc::from(authed.identity.user_id.as_str()),

@@ -3,10 +3,13 @@
 //! Fan-out and the server's shutdown reach a client only through its handle: they push
 //! frames into its queue, and nothing else. The reader and writer own the socket.
 
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -19,9 +22,23 @@ pub struct ConnectionHandle {
     /// Fired when the writer must stop waiting on the socket: the client stopped reading
     /// and overflowed its queue, or the server is exiting now.
     pub abort: CancellationToken,
+    /// Requests to backends not yet answered: a drain closes the connection only after
+    /// their replies are queued.
+    pub rpcs_in_flight: AtomicUsize,
+    pub rpcs_settled: Notify,
 }
 
 impl ConnectionHandle {
+    pub fn new(id: Arc<str>, queue: OutboundQueue, abort: CancellationToken) -> Self {
+        Self {
+            id,
+            queue,
+            abort,
+            rpcs_in_flight: AtomicUsize::new(0),
+            rpcs_settled: Notify::new(),
+        }
+    }
+
     /// Queues a topic delivery, applying the slow-consumer policy. Returns whether the
     /// frame was queued.
     pub fn deliver(&self, frame: &Bytes, published_at: Instant, metrics: &Metrics) -> bool {
@@ -36,6 +53,28 @@ impl ConnectionHandle {
     pub fn send(&self, frame: Bytes, metrics: &Metrics) -> bool {
         let pushed = self.queue.push(Outbound::Frame(frame));
         self.account(pushed, metrics)
+    }
+
+    pub fn rpc_started(&self) {
+        self.rpcs_in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn rpc_finished(&self) {
+        if self.rpcs_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.rpcs_settled.notify_waiters();
+        }
+    }
+
+    /// Resolves once no request of this connection awaits its backend.
+    pub async fn rpcs_done(&self) {
+        loop {
+            let mut settled = pin!(self.rpcs_settled.notified());
+            settled.as_mut().enable();
+            if self.rpcs_in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            settled.await;
+        }
     }
 
     fn account(&self, pushed: Pushed, metrics: &Metrics) -> bool {

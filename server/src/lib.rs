@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod gateway;
 pub mod handle;
 pub mod liveness;

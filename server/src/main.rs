@@ -40,6 +40,7 @@ async fn main() -> ExitCode {
         app,
         secrets_dir: cli.secrets_dir.clone(),
         instance: cli.instance_name(),
+        nats_url: cli.nats_url.clone(),
     };
     if cli.check {
         return match switchboard_server::auth::Authenticator::load(

@@ -32,6 +32,16 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BucketLabel {
     pub bucket: String,
 }
@@ -86,6 +96,16 @@ pub struct Metrics {
     pub topics: Gauge,
     pub delivery_latency: Histogram,
     pub fanout_recipients: Histogram,
+    pub bus_connected: Gauge,
+    pub bus_publish_failures: Counter,
+    pub bus_subscriptions: Gauge,
+    bus_messages_received: Family<SourceLabel, Counter>,
+    bus_rejected: Family<ReasonLabel, Counter>,
+    rpc_requests: Family<OutcomeLabel, Counter>,
+    pub rpc_duration: Histogram,
+    pub draining: Gauge,
+    pub drained_connections: Counter,
+    pub drain_duration_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     unknown: TypeCounters,
     by_type: HashMap<String, TypeCounters>,
     sent_by_type: HashMap<String, Counter>,
@@ -116,6 +136,17 @@ impl Metrics {
         let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let fanout_recipients = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let build_info = Family::<VersionLabel, Gauge>::default();
+        let bus_connected = Gauge::default();
+        let bus_publish_failures = Counter::default();
+        let bus_subscriptions = Gauge::default();
+        let bus_messages_received = Family::<SourceLabel, Counter>::default();
+        let bus_rejected = Family::<ReasonLabel, Counter>::default();
+        let rpc_requests = Family::<OutcomeLabel, Counter>::default();
+        // 1 ms .. ~33 s
+        let rpc_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let draining = Gauge::default();
+        let drained_connections = Counter::default();
+        let drain_duration_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
 
         registry.register(
             "switchboard_connections",
@@ -255,6 +286,16 @@ impl Metrics {
             topics,
             delivery_latency,
             fanout_recipients,
+            bus_connected,
+            bus_publish_failures,
+            bus_subscriptions,
+            bus_messages_received,
+            bus_rejected,
+            rpc_requests,
+            rpc_duration,
+            draining,
+            drained_connections,
+            drain_duration_seconds,
             unknown,
             by_type,
             sent_by_type,
@@ -310,6 +351,31 @@ impl Metrics {
         if let Some(c) = self.sent_by_type.get(message_type) {
             c.inc_by(n);
         }
+    }
+
+    pub fn bus_received(&self, source: &'static str) {
+        self.bus_messages_received
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn bus_rejected(&self, reason: &'static str) {
+        self.bus_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rpc(&self, outcome: &'static str, took: std::time::Duration) {
+        self.rpc_requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.rpc_duration.observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -389,7 +389,8 @@ fn publish(
 }
 
 /// Sends the request to the backends and answers when they do. Runs as its own task so
-/// the connection keeps reading while the backend works.
+/// the connection keeps reading while the backend works; the connection counts it as
+/// in flight, so a drain delivers the reply before closing.
 fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<CompiledRoute>) {
     let RouteAction::Request {
         subject, timeout, ..
@@ -397,6 +398,7 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
     else {
         return;
     };
+    let started = Instant::now();
     let pending = state.bus.request(
         subject,
         Bytes::from(msg.payload.to_string()),
@@ -406,36 +408,60 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
     let state = state.clone();
     let handle = session.handle.clone();
     let correlation_id = msg.correlation_id.clone();
+    handle.rpc_started();
     state.tasks.clone().spawn(async move {
-        let frame = match pending.await {
+        let answer = match pending.await {
             Ok(reply) => rpc_reply(&route, correlation_id.as_deref(), &reply),
-            Err(e) => Err(rpc_rejection(&e)),
+            Err(e @ RpcError::Timeout(_)) => Err((rpc_rejection(&e), "timeout")),
+            Err(e) => Err((rpc_rejection(&e), "unavailable")),
         };
-        let frame = frame.unwrap_or_else(|r| {
-            state.metrics.error(r.code);
-            protocol::encode_error(protocol::RPC_ERROR_TYPE, correlation_id.as_deref(), &r)
-        });
+        let frame = match answer {
+            Ok((frame, reply_type)) => {
+                state.metrics.rpc("ok", started.elapsed());
+                state.metrics.sent(reply_type, 1);
+                frame
+            }
+            Err((r, outcome)) => {
+                state.metrics.rpc(outcome, started.elapsed());
+                state.metrics.error(r.code);
+                state.metrics.sent(protocol::RPC_ERROR_TYPE, 1);
+                protocol::encode_error(protocol::RPC_ERROR_TYPE, correlation_id.as_deref(), &r)
+            }
+        };
         handle.send(frame, &state.metrics);
+        handle.rpc_finished();
     });
 }
 
+/// A refused request and its outcome label for `switchboard_rpc_requests_total`.
+type RpcRefusal = (Rejection, &'static str);
+
 /// Turns a backend's reply into the client's reply frame: a payload checked against
 /// `replySchema`, or the backend's own `{"error": {"code", "message"}}`.
-fn rpc_reply(
-    route: &CompiledRoute,
+fn rpc_reply<'r>(
+    route: &'r CompiledRoute,
     correlation_id: Option<&str>,
     reply: &[u8],
-) -> Result<Bytes, Rejection> {
+) -> Result<(Bytes, &'r str), RpcRefusal> {
     let RouteAction::Request {
         reply: reply_type,
         reply_validator,
         ..
     } = &route.action
     else {
-        return Err(Rejection::new(ErrorCode::Internal, "not a request route"));
+        return Err((
+            Rejection::new(ErrorCode::Internal, "not a request route"),
+            "invalid_reply",
+        ));
+    };
+    let invalid = |message: String| {
+        (
+            Rejection::new(ErrorCode::Internal, message),
+            "invalid_reply",
+        )
     };
     let value: Value = serde_json::from_slice(reply)
-        .map_err(|_| Rejection::new(ErrorCode::Internal, "the backend's reply is not JSON"))?;
+        .map_err(|_| invalid("the backend's reply is not JSON".into()))?;
     if let Some(err) = value
         .get("error")
         .filter(|_| value.as_object().is_some_and(|o| o.len() == 1))
@@ -449,20 +475,20 @@ fn rpc_reply(
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or("the backend refused the request");
-        return Err(Rejection::new(code, message));
+        return Err((Rejection::new(code, message), "error"));
     }
     if let Some(v) = reply_validator
         && let Some(e) = v.iter_errors(&value).next()
     {
-        return Err(Rejection::new(
-            ErrorCode::Internal,
-            format!(
-                "the backend's reply does not match the route's replySchema at {:?}: {e}",
-                e.instance_path().to_string()
-            ),
-        ));
+        return Err(invalid(format!(
+            "the backend's reply does not match the route's replySchema at {:?}: {e}",
+            e.instance_path().to_string()
+        )));
     }
-    Ok(protocol::encode_reply(reply_type, correlation_id, &value))
+    Ok((
+        protocol::encode_reply(reply_type, correlation_id, &value),
+        reply_type.as_str(),
+    ))
 }
 
 fn rpc_rejection(e: &RpcError) -> Rejection {

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::auth::Authenticator;
+use crate::bus::Bus;
 use crate::bus::local::LocalBus;
+use crate::bus::nats::{self, NatsBus};
 use crate::config::ServerConfig;
-use crate::protocol::{self, CloseReason};
 use crate::shutdown::Shutdown;
-use crate::state::AppState;
-use crate::{admin, gateway};
+use crate::state::{AppState, metrics_for};
+use crate::{admin, drain, gateway};
 
 /// How often idle shared rate-limit buckets are swept.
 const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -36,11 +37,31 @@ impl Server {
             app.spec.auth.anonymous,
             &config.secrets_dir,
         )?;
+        let instance: Arc<str> = Arc::from(config.instance);
+        let metrics = Arc::new(metrics_for(&app));
+        let nats_url = config
+            .nats_url
+            .or_else(|| app.spec.nats.as_ref().map(|n| n.url.clone()));
+        let nats = match &nats_url {
+            Some(url) => Some(
+                nats::connect(url, &instance, metrics.clone())
+                    .await
+                    .with_context(|| format!("cannot use NATS at {url}"))?,
+            ),
+            None => None,
+        };
+        let (bus_instance, bus_metrics) = (instance.clone(), metrics.clone());
         let state = Arc::new(AppState::new(
             app,
-            Arc::from(config.instance),
+            instance,
             auth,
-            |registry| Arc::new(LocalBus::new(registry)),
+            metrics,
+            move |app, registry| match nats {
+                Some(client) => {
+                    NatsBus::start(client, app, registry, bus_metrics, bus_instance) as Arc<dyn Bus>
+                }
+                None => Arc::new(LocalBus::new(registry)),
+            },
         ));
         let ws = TcpListener::bind(config.listen)
             .await
@@ -69,8 +90,8 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serves until `shutdown.begin` fires, then closes every connection with 1001 and
-    /// waits for them (at most the drain grace period, or until `shutdown.now`).
+    /// Serves until `shutdown.begin` fires, then drains (see [`drain`]) and returns
+    /// before the grace period ends; `shutdown.now` cuts the drain short.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let state = self.state;
         info!(
@@ -96,21 +117,16 @@ impl Server {
         state.draining.store(true, Ordering::Release);
         stop_accepting.cancel();
         let _ = ws_task.await;
-        info!(connections = state.connections.len(), "shutting down");
-        for entry in state.connections.iter() {
-            entry
-                .value()
-                .queue
-                .close(protocol::close::GOING_AWAY, CloseReason::Shutdown);
-        }
-        state.tasks.close();
-        let grace = Duration::from_secs(u64::from(state.app.spec.drain.grace_period_seconds));
+        drain::drain(&state, &shutdown).await;
+        state.abort_all.cancel();
+        // Hand buffered publishes to NATS in what is left of the grace period.
+        let margin = Duration::from_secs(u64::from(state.app.spec.drain.grace_period_seconds))
+            .saturating_sub(started.elapsed());
         tokio::select! {
-            () = state.tasks.wait() => {}
-            () = tokio::time::sleep(grace) => {}
+            () = state.bus.drain() => {}
+            () = tokio::time::sleep(margin) => {}
             () = shutdown.now.cancelled() => {}
         }
-        state.abort_all.cancel();
         sweeper.abort();
         admin_stop.cancel();
         let _ = admin_task.await;

@@ -43,14 +43,11 @@ impl AppState {
         app: CompiledApp,
         instance: Arc<str>,
         auth: Authenticator,
-        bus_for: impl FnOnce(Arc<TopicRegistry>) -> Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        bus_for: impl FnOnce(&CompiledApp, Arc<TopicRegistry>) -> Arc<dyn Bus>,
     ) -> Self {
-        let metrics = Arc::new(Metrics::new(
-            app.routes.keys().map(String::as_str),
-            sent_types(&app),
-        ));
         let registry = Arc::new(TopicRegistry::new(metrics.clone()));
-        let bus = bus_for(registry.clone());
+        let bus = bus_for(&app, registry.clone());
         let limiter = RateLimiter::new(app.buckets.clone());
         let admission = Admission::new(
             app.spec.limits.max_connections,
@@ -84,8 +81,13 @@ impl AppState {
     }
 }
 
-/// Every type the server can send for this app: system frames, errors, acks, and the
-/// declared emit and reply types. Metrics count each of them without a lookup lock.
+/// The app's metrics: per-type counters for its declared route types and for every
+/// type the server can send (system frames, errors, acks, emit and reply types).
+pub fn metrics_for(app: &CompiledApp) -> Metrics {
+    Metrics::new(app.routes.keys().map(String::as_str), sent_types(app))
+}
+
+/// Every type the server can send for this app, so metrics count each without a lookup lock.
 fn sent_types(app: &CompiledApp) -> Vec<&str> {
     let mut types = vec![
         protocol::OPEN_TYPE,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchboard_spec::{Identity, Topic};
 
-use super::{Bus, Delivery, RpcError, RpcFuture};
+use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture};
 use crate::topics::TopicRegistry;
 
 pub struct LocalBus {
@@ -46,5 +46,9 @@ impl Bus for LocalBus {
         _identity: &Identity,
     ) -> Result<(), RpcError> {
         Err(RpcError::NoBus)
+    }
+
+    fn drain(&self) -> DrainFuture {
+        Box::pin(async {})
     }
 }

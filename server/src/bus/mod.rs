@@ -5,6 +5,7 @@
 //! a NATS implementation carries the same [`Delivery`] bytes across replicas.
 
 pub mod local;
+pub mod nats;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +42,7 @@ pub enum RpcError {
 }
 
 pub type RpcFuture = Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>;
+pub type DrainFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub trait Bus: Send + Sync {
     /// Delivers to local subscribers and to every other replica that has subscribers.
@@ -59,4 +61,6 @@ pub trait Bus: Send + Sync {
     ) -> RpcFuture;
     /// Publishes to the backends listening on `subject`, fire-and-forget.
     fn forward(&self, subject: &str, payload: Bytes, identity: &Identity) -> Result<(), RpcError>;
+    /// Hands over everything still buffered and disconnects (at shutdown).
+    fn drain(&self) -> DrainFuture;
 }

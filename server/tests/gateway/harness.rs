@@ -141,6 +141,7 @@ impl TestServer {
             app,
             secrets_dir: secrets.clone(),
             instance: "test-0".into(),
+            nats_url: None,
         })
         .await
         .unwrap();

@@ -1,0 +1,426 @@
+//! The NATS bus: replicas of one app share topics, and backends in any language join.
+//!
+//! Subjects (DESIGN.md §5), with `P` = `<prefix>.<namespace>.<app>`:
+//! - `P.t.<topic segments as tokens>`: topic deliveries, between replicas and from backends;
+//! - `P.rpc.<subject>`: requests to backends (which use queue groups);
+//! - `P.evt.<subject>`: fire-and-forget messages to backends.
+//!
+//! Interest-based: a replica subscribes to a topic's subject only while it has local
+//! subscribers. Changes go through one manager task that re-reads the registry before
+//! acting, so a subscribe racing an unsubscribe on the same topic always settles on
+//! what the registry holds. Publishes go through a bounded queue to one publisher task:
+//! a publisher never waits on NATS, and what cannot be handed over is counted.
+//! The connection uses `no_echo`, so a replica's own publishes come back only through
+//! its local fan-out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture};
+use crate::metrics::Metrics;
+use crate::protocol::{self, OutMeta};
+use crate::topics::TopicRegistry;
+
+/// Header names on bus messages.
+pub mod header {
+    /// Instance that published a replica delivery. Its absence marks a backend publish.
+    pub const ORIGIN: &str = "Sb-Origin";
+    /// Connection that published (and, with `Sb-Exclude`, must not receive it).
+    pub const CONNECTION: &str = "Sb-Connection";
+    pub const EXCLUDE: &str = "Sb-Exclude";
+    /// Emitted type of a replica delivery.
+    pub const TYPE: &str = "Sb-Type";
+    pub const USER: &str = "Sb-User";
+    /// Space-separated roles of the caller.
+    pub const ROLES: &str = "Sb-Roles";
+}
+
+/// Publishes waiting for the publisher task before new ones are refused and counted.
+const OUTGOING_CAPACITY: usize = 8192;
+
+/// The subject layout of one app.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    base: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str, namespace: &str, app: &str) -> Self {
+        Self {
+            base: format!("{prefix}.{namespace}.{app}"),
+        }
+    }
+
+    /// Topic segments become subject tokens. The topic alphabet has no `.`, `*`, `>`
+    /// or whitespace, so this can never form a wildcard or leave the app's prefix.
+    pub fn topic(&self, topic: &Topic) -> String {
+        let mut s = String::with_capacity(self.base.len() + 3 + topic.as_str().len());
+        s.push_str(&self.base);
+        s.push_str(".t");
+        for segment in topic.segments() {
+            s.push('.');
+            s.push_str(segment);
+        }
+        s
+    }
+
+    pub fn rpc(&self, subject: &str) -> String {
+        format!("{}.rpc.{subject}", self.base)
+    }
+
+    pub fn event(&self, subject: &str) -> String {
+        format!("{}.evt.{subject}", self.base)
+    }
+}
+
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+pub struct NatsBus {
+    client: async_nats::Client,
+    registry: Arc<TopicRegistry>,
+    metrics: Arc<Metrics>,
+    subjects: Subjects,
+    instance: Arc<str>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Topics whose interest may have changed; the manager re-checks each.
+    interest: mpsc::UnboundedSender<Topic>,
+}
+
+/// Connects to NATS. Returns at once: the first connection is retried in the
+/// background (a pod must come up while NATS is briefly away), as are reconnects.
+pub async fn connect(
+    url: &str,
+    instance: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<async_nats::Client> {
+    let connected = metrics.bus_connected.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("switchboard-server {instance}"))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("connected to NATS");
+                        connected.set(1);
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!("disconnected from NATS; local delivery goes on");
+                        connected.set(0);
+                    }
+                    other => debug!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok(client)
+}
+
+impl NatsBus {
+    /// Starts the bus's tasks on the current runtime.
+    pub fn start(
+        client: async_nats::Client,
+        app: &CompiledApp,
+        registry: Arc<TopicRegistry>,
+        metrics: Arc<Metrics>,
+        instance: Arc<str>,
+    ) -> Arc<Self> {
+        let prefix = app
+            .spec
+            .nats
+            .as_ref()
+            .and_then(|n| n.subject_prefix.clone())
+            .unwrap_or_else(|| "sb".to_owned());
+        let subjects = Subjects::new(&prefix, &app.namespace, &app.name);
+        let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_loop(client.clone(), outgoing_rx, metrics.clone()));
+        let inbound = Arc::new(Inbound {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            emitters: emitters(app),
+        });
+        tokio::spawn(interest_loop(
+            client.clone(),
+            subjects.clone(),
+            registry.clone(),
+            inbound,
+            interest_rx,
+        ));
+        Arc::new(Self {
+            client,
+            registry,
+            metrics,
+            subjects,
+            instance,
+            outgoing,
+            interest,
+        })
+    }
+
+    fn identity_headers(&self, identity: &Identity) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, &*self.instance);
+        h.insert(header::USER, identity.user_id.as_str());
+        h.insert(header::ROLES, identity.roles.join(" ").as_str());
+        h
+    }
+
+    fn enqueue(&self, out: Outgoing) -> Result<(), RpcError> {
+        self.outgoing.try_send(out).map_err(|_| {
+            self.metrics.bus_publish_failures.inc();
+            RpcError::Unavailable("the bus is backed up".into())
+        })
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, delivery: Delivery) {
+        self.registry.fan_out(&delivery);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, &*self.instance);
+        headers.insert(header::TYPE, &*delivery.message_type);
+        if let Some(exclude) = &delivery.exclude {
+            headers.insert(header::EXCLUDE, &**exclude);
+        }
+        let _ = self.enqueue(Outgoing {
+            subject: self.subjects.topic(&delivery.topic),
+            headers,
+            payload: delivery.frame,
+        });
+    }
+
+    fn topic_active(&self, topic: &Topic) {
+        let _ = self.interest.send(topic.clone());
+    }
+
+    fn topic_inactive(&self, topic: &Topic) {
+        let _ = self.interest.send(topic.clone());
+    }
+
+    fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> RpcFuture {
+        let client = self.client.clone();
+        let subject = self.subjects.rpc(subject);
+        let headers = self.identity_headers(identity);
+        Box::pin(async move {
+            let request = async_nats::Request::new()
+                .payload(payload)
+                .headers(headers)
+                .timeout(Some(timeout));
+            // The client's own timeout covers an answered subject; this one also covers
+            // a request stuck while NATS is away.
+            match tokio::time::timeout(timeout, client.send_request(subject, request)).await {
+                Err(_) => Err(RpcError::Timeout(timeout)),
+                Ok(Ok(reply)) => Ok(reply.payload),
+                Ok(Err(e)) => Err(match e.kind() {
+                    async_nats::RequestErrorKind::TimedOut => RpcError::Timeout(timeout),
+                    async_nats::RequestErrorKind::NoResponders => RpcError::NoResponders,
+                    _ => RpcError::Unavailable(e.to_string()),
+                }),
+            }
+        })
+    }
+
+    fn forward(&self, subject: &str, payload: Bytes, identity: &Identity) -> Result<(), RpcError> {
+        self.enqueue(Outgoing {
+            subject: self.subjects.event(subject),
+            headers: self.identity_headers(identity),
+            payload,
+        })
+    }
+
+    fn drain(&self) -> DrainFuture {
+        let client = self.client.clone();
+        Box::pin(async move {
+            // Sends what is still buffered, then unsubscribes and closes.
+            if let Err(e) = client.drain().await {
+                debug!(error = %e, "NATS drain");
+            }
+        })
+    }
+}
+
+async fn publish_loop(
+    client: async_nats::Client,
+    mut rx: mpsc::Receiver<Outgoing>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(out) = rx.recv().await {
+        if let Err(e) = client
+            .publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+        {
+            metrics.bus_publish_failures.inc();
+            debug!(error = %e, "bus publish failed");
+        }
+    }
+}
+
+/// Keeps exactly the topic subscriptions the registry needs.
+async fn interest_loop(
+    client: async_nats::Client,
+    subjects: Subjects,
+    registry: Arc<TopicRegistry>,
+    inbound: Arc<Inbound>,
+    mut rx: mpsc::UnboundedReceiver<Topic>,
+) {
+    let mut active: HashMap<Topic, JoinHandle<()>> = HashMap::new();
+    while let Some(topic) = rx.recv().await {
+        let wanted = registry.subscriber_count(&topic) > 0;
+        match (wanted, active.contains_key(&topic)) {
+            (true, false) => match client.subscribe(subjects.topic(&topic)).await {
+                Ok(sub) => {
+                    let task = tokio::spawn(read_topic(topic.clone(), sub, inbound.clone()));
+                    active.insert(topic, task);
+                }
+                Err(e) => warn!(%topic, error = %e, "cannot subscribe on NATS"),
+            },
+            (false, true) => {
+                // Dropping the subscriber (with its task) unsubscribes.
+                if let Some(task) = active.remove(&topic) {
+                    task.abort();
+                }
+            }
+            _ => {}
+        }
+        inbound.metrics.bus_subscriptions.set(active.len() as i64);
+    }
+}
+
+/// What to do with messages arriving on topic subjects.
+struct Inbound {
+    registry: Arc<TopicRegistry>,
+    metrics: Arc<Metrics>,
+    /// Emitted type → a route that emits it: whose payload schema a backend's publish
+    /// of that type must satisfy.
+    emitters: HashMap<String, Arc<CompiledRoute>>,
+}
+
+fn emitters(app: &CompiledApp) -> HashMap<String, Arc<CompiledRoute>> {
+    let mut map = HashMap::new();
+    for route in app.routes.values() {
+        if let RouteAction::Publish { emit, .. } = &route.action {
+            map.entry(emit.clone()).or_insert_with(|| route.clone());
+        }
+    }
+    map
+}
+
+async fn read_topic(topic: Topic, mut sub: Subscriber, inbound: Arc<Inbound>) {
+    while let Some(msg) = sub.next().await {
+        inbound.handle(&topic, msg);
+    }
+}
+
+impl Inbound {
+    fn handle(&self, topic: &Topic, msg: async_nats::Message) {
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let delivery = if header(header::ORIGIN).is_some() {
+            self.metrics.bus_received("replica");
+            Delivery {
+                topic: topic.clone(),
+                message_type: Arc::from(header(header::TYPE).unwrap_or_default()),
+                frame: msg.payload,
+                exclude: header(header::EXCLUDE).map(Arc::from),
+                published_at: Instant::now(),
+            }
+        } else {
+            self.metrics.bus_received("backend");
+            match self.from_backend(topic, &msg.payload, header(header::USER)) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.metrics.bus_rejected(reason);
+                    warn!(%topic, reason, "dropped a backend publish");
+                    return;
+                }
+            }
+        };
+        self.registry.fan_out(&delivery);
+    }
+
+    /// A backend's `{"type", "payload"}`, checked against the route that emits `type`.
+    fn from_backend(
+        &self,
+        topic: &Topic,
+        body: &[u8],
+        user: Option<String>,
+    ) -> Result<Delivery, &'static str> {
+        let envelope: Value = serde_json::from_slice(body).map_err(|_| "not_json")?;
+        let message_type = envelope
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or("no_type")?;
+        let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
+        let route = self.emitters.get(message_type).ok_or("unknown_type")?;
+        if let Some(v) = &route.validator
+            && !v.is_valid(&payload)
+        {
+            return Err("invalid_payload");
+        }
+        let frame = protocol::encode(
+            message_type,
+            OutMeta {
+                topic: Some(topic.as_str()),
+                publisher: user.as_deref(),
+                timestamp: protocol::now_ms(),
+                ..OutMeta::default()
+            },
+            &payload,
+        );
+        Ok(Delivery {
+            topic: topic.clone(),
+            message_type: Arc::from(message_type),
+            frame,
+            exclude: None,
+            published_at: Instant::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_map_to_subject_tokens_under_the_app_prefix() {
+        let s = Subjects::new("sb", "prod", "chat");
+        assert_eq!(
+            s.topic(&Topic::parse("room:42").unwrap()),
+            "sb.prod.chat.t.room.42"
+        );
+        assert_eq!(s.rpc("profile.fetch"), "sb.prod.chat.rpc.profile.fetch");
+        assert_eq!(s.event("typing"), "sb.prod.chat.evt.typing");
+    }
+}
