@@ -358,7 +358,7 @@ impl Inbound {
             }
         } else {
             self.metrics.bus_received("backend");
-            match self.from_backend(topic, &msg.payload, header(header::USER)) {
+            match self.backend_delivery(topic, &msg.payload, header(header::USER)) {
                 Ok(d) => d,
                 Err(reason) => {
                     self.metrics.bus_rejected(reason);
@@ -371,7 +371,7 @@ impl Inbound {
     }
 
     /// A backend's `{"type", "payload"}`, checked against the route that emits `type`.
-    fn from_backend(
+    fn backend_delivery(
         &self,
         topic: &Topic,
         body: &[u8],

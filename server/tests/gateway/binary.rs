@@ -205,13 +205,23 @@ async fn the_built_in_chat_app_serves_two_clients_in_a_room() {
         401
     );
 
-    // SIGTERM: every client is closed with 1001 and the process exits 0.
+    // SIGTERM: every client is told to reconnect elsewhere, then closed with 1001,
+    // and the process exits 0.
     let pid = server.child.id().unwrap().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .await
         .unwrap();
+    for c in [&mut alice, &mut bob] {
+        let drain = c.recv().await;
+        assert_eq!(drain["type"], "$ws:drain", "{drain}");
+        assert_eq!(drain["payload"]["reason"], "shutdown");
+        assert!(
+            drain["payload"]["reconnectAfterMs"].as_u64().is_some(),
+            "{drain}"
+        );
+    }
     assert_eq!(alice.expect_close(Duration::from_secs(5)).await, 1001);
     assert_eq!(bob.expect_close(Duration::from_secs(5)).await, 1001);
     let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
