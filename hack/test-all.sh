@@ -4,12 +4,16 @@
 #   1. formatting and lints (cargo fmt, cargo clippy -D warnings)
 #   2. unit tests of every crate, and the server's integration tests: real
 #      switchboard-server instances on loopback ports driven by real WebSocket clients
-#      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM)
+#      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM),
+#      and replicas sharing a real nats-server (server/tests/gateway/nats.rs)
 #
-# Tiers that need third-party binaries (nats-server, control plane, Jaeger) install
-# them through hack/tools.sh as they arrive; none is needed yet.
+# Third-party test binaries (nats-server; later the control plane and Jaeger) come from
+# hack/tools.sh, pinned and cached outside the repo, and are put first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tools_bin=$(bash hack/tools.sh | tail -n 1)
+export PATH="$tools_bin:$PATH"
 
 # rustfmt and clippy ship as rustup components; install them when missing.
 if command -v rustup >/dev/null 2>&1; then

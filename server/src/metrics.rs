@@ -228,6 +228,60 @@ impl Metrics {
             "Server version",
             build_info.clone(),
         );
+        for (name, help, metric) in [
+            (
+                "switchboard_bus_connected",
+                "1 while connected to NATS (0 without a NATS bus)",
+                &bus_connected,
+            ),
+            (
+                "switchboard_bus_subscriptions",
+                "Topic subjects this pod is subscribed to on NATS",
+                &bus_subscriptions,
+            ),
+            (
+                "switchboard_draining",
+                "1 while the pod drains for shutdown",
+                &draining,
+            ),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        registry.register(
+            "switchboard_bus_publish_failures",
+            "Publishes and forwards that could not be handed to NATS (local delivery still happened)",
+            bus_publish_failures.clone(),
+        );
+        registry.register(
+            "switchboard_bus_messages_received",
+            "Topic messages received from NATS, by source (replica or backend)",
+            bus_messages_received.clone(),
+        );
+        registry.register(
+            "switchboard_bus_rejected",
+            "Backend publishes dropped, by reason (not_json, no_type, unknown_type, invalid_payload)",
+            bus_rejected.clone(),
+        );
+        registry.register(
+            "switchboard_rpc_requests",
+            "Requests to backends, by outcome (ok, error, invalid_reply, timeout, unavailable)",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "switchboard_rpc_duration_seconds",
+            "Time from sending a request to a backend to its outcome",
+            rpc_duration.clone(),
+        );
+        registry.register(
+            "switchboard_drained_connections",
+            "Connections closed by a drain",
+            drained_connections.clone(),
+        );
+        registry.register(
+            "switchboard_drain_duration_seconds",
+            "How long the last drain took, from the signal to the last connection closed",
+            drain_duration_seconds.clone(),
+        );
         build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -297,6 +297,11 @@ async fn interest_loop(
         match (wanted, active.contains_key(&topic)) {
             (true, false) => match client.subscribe(subjects.topic(&topic)).await {
                 Ok(sub) => {
+                    // A round trip, so the server has the SUB before we count it as
+                    // active: publishes from other replicas reach us from then on.
+                    if let Err(e) = client.flush().await {
+                        debug!(%topic, error = %e, "flush after subscribe");
+                    }
                     let task = tokio::spawn(read_topic(topic.clone(), sub, inbound.clone()));
                     active.insert(topic, task);
                 }
@@ -318,16 +323,17 @@ async fn interest_loop(
 struct Inbound {
     registry: Arc<TopicRegistry>,
     metrics: Arc<Metrics>,
-    /// Emitted type → a route that emits it: whose payload schema a backend's publish
-    /// of that type must satisfy.
-    emitters: HashMap<String, Arc<CompiledRoute>>,
+    /// Emitted type → the routes that emit it. A backend's publish of that type must
+    /// satisfy the payload schema of at least one of them: exactly the frames clients
+    /// could have caused themselves.
+    emitters: HashMap<String, Vec<Arc<CompiledRoute>>>,
 }
 
-fn emitters(app: &CompiledApp) -> HashMap<String, Arc<CompiledRoute>> {
-    let mut map = HashMap::new();
+fn emitters(app: &CompiledApp) -> HashMap<String, Vec<Arc<CompiledRoute>>> {
+    let mut map: HashMap<String, Vec<Arc<CompiledRoute>>> = HashMap::new();
     for route in app.routes.values() {
         if let RouteAction::Publish { emit, .. } = &route.action {
-            map.entry(emit.clone()).or_insert_with(|| route.clone());
+            map.entry(emit.clone()).or_default().push(route.clone());
         }
     }
     map
@@ -383,9 +389,10 @@ impl Inbound {
             .and_then(Value::as_str)
             .ok_or("no_type")?;
         let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
-        let route = self.emitters.get(message_type).ok_or("unknown_type")?;
-        if let Some(v) = &route.validator
-            && !v.is_valid(&payload)
+        let routes = self.emitters.get(message_type).ok_or("unknown_type")?;
+        if !routes
+            .iter()
+            .any(|r| r.validator.as_ref().is_none_or(|v| v.is_valid(&payload)))
         {
             return Err("invalid_payload");
         }

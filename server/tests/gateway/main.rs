@@ -6,5 +6,6 @@ mod binary;
 mod harness;
 mod heartbeat;
 mod limits;
+mod nats;
 mod protocol;
 mod routing;
