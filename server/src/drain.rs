@@ -8,6 +8,7 @@
 //! behind what is queued). The whole drain ends before the grace period does, leaving
 //! time to hand buffered publishes to NATS and exit.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,12 +114,17 @@ pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
                 i += 1;
             }
         }
-        // Anything that upgraded while the drain began closes with the last batch.
+        // A connection that finished its upgrade as the drain began is not in the plan:
+        // it closes with the last batch. (Planned ones close in their own tasks, after
+        // their requests are answered.)
+        let planned: HashSet<&str> = handles.iter().map(|h| &*h.id).collect();
         for entry in state.connections.iter() {
-            if entry
-                .value()
-                .queue
-                .close(protocol::close::GOING_AWAY, CloseReason::Shutdown)
+            let unplanned = !planned.contains(&**entry.key());
+            if unplanned
+                && entry
+                    .value()
+                    .queue
+                    .close(protocol::close::GOING_AWAY, CloseReason::Shutdown)
             {
                 state.metrics.drained_connections.inc();
             }

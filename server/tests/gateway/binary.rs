@@ -94,23 +94,34 @@ async fn check_validates_app_and_secrets() {
 }
 
 /// A running binary with its stderr collected.
-struct Running {
-    child: Child,
-    ws: String,
-    admin: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
+pub struct Running {
+    pub child: Child,
+    pub ws: String,
+    pub admin: std::net::SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    pub async fn sigterm(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+    }
 }
 
 async fn start_default_app() -> Running {
+    start_binary(&["--instance", "bin-0"]).await
+}
+
+/// Starts the binary on ephemeral loopback ports with `args` added, and waits until it
+/// serves.
+pub async fn start_binary(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--instance",
-            "bin-0",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "debug")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -366,6 +366,27 @@ impl Client {
         }
     }
 
+    /// Every data frame until the server closes, and the close code.
+    pub async fn frames_until_close(&mut self, within: Duration) -> (Vec<Value>, u16) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("the server did not close in time; got {frames:?}"));
+            match msg {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return (frames, code.into());
+                }
+                Some(Ok(Message::Close(None))) => return (frames, 1005),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}; got {frames:?}"),
+                None => panic!("connection ended without a close frame; got {frames:?}"),
+            }
+        }
+    }
+
     /// Expects the server to close; returns the close code.
     pub async fn expect_close(&mut self, within: Duration) -> u16 {
         let deadline = tokio::time::Instant::now() + within;

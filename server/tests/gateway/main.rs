@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod drain;
 mod harness;
 mod heartbeat;
 mod limits;

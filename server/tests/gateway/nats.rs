@@ -338,3 +338,55 @@ async fn local_delivery_survives_a_nats_outage_and_cross_replica_delivery_resume
         s.stop().await;
     }
 }
+
+#[tokio::test]
+async fn topic_values_never_reach_a_nats_wildcard_or_another_apps_subjects() {
+    let nats = NatsServer::start().await;
+    let servers = cluster(&nats, &["a"]).await;
+    // A spy sees every subject on the server.
+    let spy = nats.client().await;
+    let mut everything = spy.subscribe(">").await.unwrap();
+    nats.wait_for_subscription(">").await;
+    let mut c = servers[0].client().await;
+    let evil = [
+        "*",
+        ">",
+        "a.b",
+        "x.>",
+        "sb.tests.other.t.room",
+        "r:*",
+        " ",
+        "a\tb",
+    ];
+    for (i, room) in evil.iter().enumerate() {
+        let e = c
+            .call("JOIN", &format!("j{i}"), json!({"roomId": room}))
+            .await;
+        assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some(&format!("j{i}")));
+        let e = c
+            .call("POST", &format!("p{i}"), json!({"feedId": room}))
+            .await;
+        assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some(&format!("p{i}")));
+    }
+    // A legitimate publish proves the spy is listening; it must be the only message.
+    c.call("POST", "ok", json!({"feedId": "fine"})).await;
+    let msg = tokio::time::timeout(WAIT, everything.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "sb.tests.test.t.feed.fine");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), everything.next())
+            .await
+            .is_err()
+    );
+    for sub in nats.subscriptions().await.iter().filter(|s| *s != ">") {
+        assert!(
+            sub.starts_with("sb.tests.test.") && !sub.contains('*') && !sub.contains('>'),
+            "{sub}"
+        );
+    }
+    for s in servers {
+        s.stop().await;
+    }
+}
