@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,8 +8,24 @@ use switchboard_server::{Cli, Server, ServerConfig, Shutdown, telemetry};
 /// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
 const USAGE: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime may take, after the drain, to wind down background tasks (NATS
+/// reconnect timers and the like) before the process exits anyway.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve());
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
+}
+
+async fn serve() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging();
     let (source, yaml) = match cli.app_source() {
