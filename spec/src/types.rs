@@ -40,7 +40,33 @@ pub struct ManifestMetadata {
 
 /// `spec` of a RealtimeApp.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "switchboard.dev",
+        version = "v1alpha1",
+        kind = "RealtimeApp",
+        plural = "realtimeapps",
+        shortname = "rtapp",
+        namespaced,
+        status = "crate::crd::RealtimeAppStatus",
+        scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
+        printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+        printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+        printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.replicas) || self.replicas <= 1 || has(self.nats)",
+     "message": "more than one replica needs spec.nats.url: without a bus each replica would be its own island"},
+    {"rule": "!has(self.autoscaling) || self.autoscaling.maxReplicas <= 1 || has(self.nats)",
+     "message": "autoscaling beyond one replica needs spec.nats.url"},
+    {"rule": "self.routes.all(r, !has(r.rateLimit) || r.rateLimit.all(c, self.rateLimits.exists(b, b.name == c.bucket && (!has(c.cost) || c.cost <= b.capacity))))",
+     "message": "every rateLimit entry names a bucket of spec.rateLimits and costs at most its capacity"}
+]))]
 pub struct RealtimeAppSpec {
     /// Number of server pods. Ignored while `autoscaling` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,12 +100,15 @@ pub struct RealtimeAppSpec {
     pub drain: DrainSettings,
     /// Named token buckets that routes draw from.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub rate_limits: Vec<RateLimitSpec>,
     /// Who may subscribe to and publish on which topics.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub topics: Vec<TopicRule>,
     /// The message types clients may send, each with exactly one action.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub routes: Vec<RouteSpec>,
 }
 
@@ -88,11 +117,13 @@ pub struct RealtimeAppSpec {
 pub struct PodSettings {
     /// Container resources (requests/limits), as in a Kubernetes container spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_form_object")]
     pub resources: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// Kubernetes tolerations, passed through unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::free_form_list")]
     pub tolerations: Vec<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -309,17 +340,23 @@ pub struct TopicAccess {
 /// One message type a client may send.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.subscribe), has(self.unsubscribe), has(self.publish), has(self.request), has(self.forward)].filter(x, x).size() == 1",
+     "message": "a route has exactly one action of subscribe, unsubscribe, publish, request, forward"}
+]))]
 pub struct RouteSpec {
     #[serde(rename = "type")]
     pub message_type: String,
     /// JSON Schema of `payload`. Absent: any payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_form_object")]
     pub payload: Option<Value>,
     /// The caller needs at least one of these roles. Absent: any role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
     /// Buckets charged, all or none, before the action runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub rate_limit: Vec<BucketCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribe: Option<TopicAction>,
@@ -376,6 +413,7 @@ pub struct RequestAction {
     pub reply: Option<String>,
     /// JSON Schema the backend's reply payload must satisfy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_form_object")]
     pub reply_schema: Option<Value>,
 }
 
