@@ -6,6 +6,8 @@
 #      switchboard-server instances on loopback ports driven by real WebSocket clients
 #      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM),
 #      and replicas sharing a real nats-server (server/tests/gateway/nats.rs)
+#   3. the control plane (tests/): real etcd + kube-apiserver, the RealtimeApp CRD
+#      applied and exercised (structural schema, CEL rules, scale subresource)
 #
 # Third-party test binaries (nats-server; later the control plane and Jaeger) come from
 # hack/tools.sh, pinned and cached outside the repo, and are put first on PATH.
@@ -24,5 +26,5 @@ echo "== tier 1: format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== tier 2: unit and server integration tests"
+echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
 cargo test --workspace

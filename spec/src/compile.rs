@@ -19,6 +19,13 @@ use crate::types::{AppManifest, RateLimitKey, RealtimeAppSpec, SecretKeyRef, Top
 
 /// Longest message `type` (DESIGN.md §2).
 pub const MAX_TYPE_LEN: usize = 128;
+/// Size bounds, shared with the CRD schema (where they keep the apiserver's CEL cost
+/// estimates within budget).
+pub const MAX_ROUTES: usize = 128;
+pub const MAX_BUCKETS: usize = 16;
+pub const MAX_CHARGES_PER_ROUTE: usize = 4;
+pub const MAX_BUCKET_NAME: usize = 63;
+pub const MAX_TOPIC_RULES: usize = 256;
 /// Default RPC deadline when a request route sets none.
 pub const DEFAULT_RPC_TIMEOUT_MS: u32 = 5_000;
 /// Longest RPC deadline a route may ask for.
@@ -209,6 +216,23 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
 }
 
 fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
+    for (field, len, max) in [
+        ("spec.routes", spec.routes.len(), MAX_ROUTES),
+        ("spec.rateLimits", spec.rate_limits.len(), MAX_BUCKETS),
+        ("spec.topics", spec.topics.len(), MAX_TOPIC_RULES),
+    ] {
+        if len > max {
+            p.add(field, format!("at most {max} entries"));
+        }
+    }
+    for (i, r) in spec.routes.iter().enumerate() {
+        if r.rate_limit.len() > MAX_CHARGES_PER_ROUTE {
+            p.add(
+                format!("spec.routes[{i}].rateLimit"),
+                format!("at most {MAX_CHARGES_PER_ROUTE} entries"),
+            );
+        }
+    }
     let l = &spec.limits;
     if l.max_payload_bytes < 128 {
         p.add("spec.limits.maxPayloadBytes", "must be at least 128");
@@ -292,10 +316,13 @@ fn compile_buckets(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<Bucket> {
     let mut out = Vec::new();
     for (i, b) in spec.rate_limits.iter().enumerate() {
         let path = format!("spec.rateLimits[{i}]");
-        if b.name.is_empty() || !seen.insert(b.name.as_str()) {
+        if b.name.is_empty() || b.name.len() > MAX_BUCKET_NAME || !seen.insert(b.name.as_str()) {
             p.add(
                 format!("{path}.name"),
-                format!("{:?} is empty or used twice", b.name),
+                format!(
+                    "{:?} is empty, longer than {MAX_BUCKET_NAME} characters, or used twice",
+                    b.name
+                ),
             );
         }
         if b.capacity == 0 {

@@ -100,7 +100,7 @@ pub struct RealtimeAppSpec {
     pub drain: DrainSettings,
     /// Named token buckets that routes draw from.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
     pub rate_limits: Vec<RateLimitSpec>,
     /// Who may subscribe to and publish on which topics.
     #[serde(default)]
@@ -108,7 +108,7 @@ pub struct RealtimeAppSpec {
     pub topics: Vec<TopicRule>,
     /// The message types clients may send, each with exactly one action.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 128))]
     pub routes: Vec<RouteSpec>,
 }
 
@@ -287,6 +287,7 @@ impl Default for DrainSettings {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Burst size: the most tokens the bucket holds.
     pub capacity: u32,
@@ -356,7 +357,7 @@ pub struct RouteSpec {
     pub roles: Option<Vec<String>>,
     /// Buckets charged, all or none, before the action runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = 4))]
     pub rate_limit: Vec<BucketCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribe: Option<TopicAction>,
@@ -373,6 +374,7 @@ pub struct RouteSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BucketCost {
+    #[schemars(length(min = 1, max = 63))]
     pub bucket: String,
     #[serde(default = "one")]
     pub cost: u32,

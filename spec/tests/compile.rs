@@ -1187,3 +1187,28 @@ fn compiled_templates_render_like_parsed_ones() {
     assert_eq!(rule.pattern.source(), "room:{roomId}");
     assert_eq!(captures["roomId"], "lobby");
 }
+
+#[test]
+fn list_sizes_are_bounded_like_the_crd() {
+    let buckets: String = (0..17)
+        .map(|i| format!("  - {{name: b{i}, capacity: 5, refillPerSecond: 1}}\n"))
+        .collect();
+    assert_has(
+        &errors(&with_spec(&format!("rateLimits:\n{buckets}"))),
+        "spec.rateLimits",
+        "at most 16",
+    );
+
+    let charges = "type: PING\nrateLimit: [{bucket: b0}, {bucket: b0}, {bucket: b0}, {bucket: b0}, {bucket: b0}]\nforward: {subject: ping}";
+    let yaml = with_spec_in(
+        &with_route(charges),
+        "rateLimits:\n  - {name: b0, capacity: 5, refillPerSecond: 1}\n",
+    );
+    assert_has(&errors(&yaml), "spec.routes[1].rateLimit", "at most 4");
+
+    let long = "x".repeat(64);
+    let yaml = with_spec(&format!(
+        "rateLimits:\n  - {{name: {long}, capacity: 5, refillPerSecond: 1}}\n"
+    ));
+    assert_has(&errors(&yaml), "spec.rateLimits[0].name", "longer than 63");
+}
