@@ -1,0 +1,401 @@
+//! Reconcile and error policy: one RealtimeApp in, its owned objects and status out.
+//!
+//! Order matters: the spec is compiled (with the server's own compiler) and its
+//! Secrets checked *before* anything is applied, so an invalid spec sets Degraded and
+//! leaves the running Deployment exactly as it was.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use switchboard_spec::crd::{RealtimeApp, RealtimeAppStatus};
+use switchboard_spec::{AppManifest, ManifestMetadata};
+use tracing::{info, warn};
+
+use crate::resources::{Defaults, Plan};
+
+/// The one field manager of every object this operator applies.
+pub const MANAGER: &str = "switchboard-operator";
+/// How often a healthy app is looked at again without any change.
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building objects: {0}")]
+    Build(#[from] anyhow::Error),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    pub recorder: Recorder,
+    /// Consecutive failures per app, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<RealtimeApp>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, defaults: Defaults, instance: String) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            defaults,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let config = watcher::Config::default();
+    Controller::new(Api::<RealtimeApp>::all(client.clone()), config.clone())
+        .owns(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<Service>::all(client.clone()), config.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            config.clone(),
+        )
+        .owns(Api::<HorizontalPodAutoscaler>::all(client), config)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+#[tracing::instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation))]
+pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = app.namespace().unwrap_or_else(|| "default".into());
+    let name = app.name_any();
+    let apps: Api<RealtimeApp> = Api::namespaced(ctx.client.clone(), &namespace);
+    let previous = app.status.clone().unwrap_or_default();
+
+    // 1. The server's own compiler decides whether the spec can run.
+    let manifest = AppManifest {
+        api_version: None,
+        kind: None,
+        metadata: ManifestMetadata {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+        },
+        spec: app.spec.clone(),
+    };
+    if let Err(errors) = switchboard_spec::compile(&manifest) {
+        degrade(
+            &ctx,
+            &app,
+            &apps,
+            &previous,
+            "InvalidSpec",
+            &errors.to_string(),
+        )
+        .await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+    let plan = Plan::new(&app, &ctx.defaults)?;
+
+    // 2. Every referenced Secret key must exist, or pods would crash-loop.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let jwt = app.spec.auth.jwt.as_ref();
+    for (field, r) in jwt
+        .into_iter()
+        .flat_map(|j| {
+            [
+                ("secretRef", &j.secret_ref),
+                ("publicKeyRef", &j.public_key_ref),
+            ]
+        })
+        .filter_map(|(f, r)| r.as_ref().map(|r| (f, r)))
+    {
+        let present = secrets
+            .get_opt(&r.name)
+            .await?
+            .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
+        if !present {
+            let message = format!(
+                "spec.auth.jwt.{field}: Secret {:?} with key {:?} not found in namespace {namespace}",
+                r.name, r.key
+            );
+            degrade(&ctx, &app, &apps, &previous, "MissingSecret", &message).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
+
+    // 3. Apply what is wanted; delete what no longer is.
+    apply(
+        &ctx.client,
+        &namespace,
+        &plan.config_map_name(),
+        &plan.config_map()?,
+    )
+    .await?;
+    apply(&ctx.client, &namespace, &name, &plan.deployment()?).await?;
+    apply(&ctx.client, &namespace, &name, &plan.service()?).await?;
+    apply_or_delete(
+        &ctx.client,
+        &namespace,
+        &name,
+        plan.pod_disruption_budget()?,
+    )
+    .await?;
+    apply_or_delete(&ctx.client, &namespace, &name, plan.autoscaler()?).await?;
+
+    // 4. Report what the Deployment reports.
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&name)
+        .await?;
+    let d = deployment
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let desired = deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let (ready, updated) = (
+        d.ready_replicas.unwrap_or(0),
+        d.updated_replicas.unwrap_or(0),
+    );
+    let generation = app.metadata.generation;
+    let rolled_out = updated >= desired && ready >= desired && d.replicas.unwrap_or(0) == updated;
+    let conditions = vec![
+        condition(
+            &previous,
+            generation,
+            "Ready",
+            ready >= desired && desired > 0,
+            "Available",
+            &format!("{ready}/{desired} replicas ready"),
+        ),
+        condition(
+            &previous,
+            generation,
+            "Progressing",
+            !rolled_out,
+            if rolled_out {
+                "RolledOut"
+            } else {
+                "RollingOut"
+            },
+            &format!("{updated}/{desired} replicas updated"),
+        ),
+        condition(
+            &previous,
+            generation,
+            "Degraded",
+            false,
+            "Reconciled",
+            "the spec is valid and applied",
+        ),
+    ];
+    let status = RealtimeAppStatus {
+        observed_generation: generation,
+        replicas: d.replicas.unwrap_or(0),
+        ready_replicas: ready,
+        updated_replicas: updated,
+        selector: Some(plan.selector()),
+        config_hash: Some(plan.config_hash.clone()),
+        endpoint: Some(plan.endpoint()),
+        conditions,
+    };
+    if previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "True")
+    {
+        publish(
+            &ctx,
+            &app,
+            EventType::Normal,
+            "Recovered",
+            "the spec is valid again and applied",
+        )
+        .await;
+    }
+    patch_status(&apps, &name, &status).await?;
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&ObjectRef::from_obj(app.as_ref()));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Retries failed reconciles with exponential backoff per app: 1 s, 2 s, ... 5 min.
+pub fn error_policy(app: Arc<RealtimeApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(ObjectRef::from_obj(app.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300));
+    warn!(app = %app.name_any(), %error, attempts, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Sets Degraded (keeping the rest of the status, so the running app's readiness still
+/// shows) and records an Event.
+async fn degrade(
+    ctx: &Context,
+    app: &RealtimeApp,
+    apps: &Api<RealtimeApp>,
+    previous: &RealtimeAppStatus,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    info!(reason, message, "degraded");
+    let generation = app.metadata.generation;
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Degraded")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        previous, generation, "Degraded", true, reason, message,
+    ));
+    status.conditions = conditions;
+    let already = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.message == message);
+    if !already {
+        publish(ctx, app, EventType::Warning, reason, message).await;
+    }
+    patch_status(apps, &app.name_any(), &status).await
+}
+
+async fn publish(ctx: &Context, app: &RealtimeApp, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        warn!(error = %e, "cannot record an event");
+    }
+}
+
+/// A condition whose `lastTransitionTime` moves only when its status does.
+fn condition(
+    previous: &RealtimeAppStatus,
+    generation: Option<i64>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+async fn patch_status(
+    apps: &Api<RealtimeApp>,
+    name: &str,
+    status: &RealtimeAppStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "RealtimeApp",
+        "status": status,
+    });
+    apps.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Server-side apply with the operator's one field manager.
+async fn apply<K>(client: &Client, namespace: &str, name: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies `object`, or deletes the one of that name when it is no longer wanted.
+async fn apply_or_delete<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    object: Option<K>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    match object {
+        Some(o) => apply(client, namespace, name, &o).await,
+        None => {
+            let api: Api<K> = Api::namespaced(client.clone(), namespace);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The operator reconciling RealtimeApps on a real kube-apiserver: the objects it
+//! applies, rolling on change, Degraded on an invalid spec without touching the running
+//! Deployment, recreating a deleted child. (Pods stay Pending without a kubelet, so the
+//! assertions are on objects.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use switchboard_operator::controller::{self, Context};
+use switchboard_operator::resources::{CONFIG_HASH_ANNOTATION, Defaults};
+use switchboard_spec::crd::RealtimeApp;
+use switchboard_tests::ControlPlane;
+
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..150 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn chat() -> RealtimeApp {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/chat.yaml"
+    );
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn hash(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .cloned()
+}
+
+fn condition(app: &RealtimeApp, type_: &str) -> Option<(String, String, String)> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &switchboard_operator::crd::crd()?)
+        .await?;
+    let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
+    eventually("the CRD to be served", || {
+        let apps = apps.clone();
+        async move { apps.list(&Default::default()).await.ok() }
+    })
+    .await;
+
+    let defaults = Defaults {
+        server_image: "switchboard-server:test".into(),
+        otel_env: vec![],
+    };
+    let ctx = Arc::new(Context::new(client.clone(), defaults, "test".into()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(controller::run(ctx, async {
+        let _ = stopped.await;
+    }));
+
+    apps.create(&PostParams::default(), &chat()).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    // Objects with the right fields, owned by the app.
+    let d = eventually("the Deployment", || async {
+        deployments.get_opt("chat").await.ok().flatten()
+    })
+    .await;
+    let first_hash = hash(&d).expect("config hash annotation");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(
+        d.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "RealtimeApp"
+    );
+    let svc = services.get("chat").await?;
+    assert_eq!(
+        svc.spec.as_ref().unwrap().session_affinity.as_deref(),
+        Some("ClientIP")
+    );
+    let cm = configs.get("chat-config").await?;
+    switchboard_spec::load(&cm.data.unwrap()["app.yaml"]).expect("the ConfigMap holds a valid app");
+
+    // Status: selector, hash, endpoint, conditions (no kubelet: not ready, rolling out).
+    let app = eventually("the status", || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .filter(|a| a.status.as_ref().is_some_and(|s| s.config_hash.is_some()))
+    })
+    .await;
+    let status = app.status.clone().unwrap();
+    assert_eq!(status.config_hash.as_deref(), Some(first_hash.as_str()));
+    assert_eq!(status.selector.as_deref(), Some("switchboard.dev/app=chat"));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("ws://chat.default.svc:80/ws")
+    );
+    assert_eq!(condition(&app, "Degraded").unwrap().0, "False");
+    assert_eq!(condition(&app, "Ready").unwrap().0, "False");
+
+    // A spec change rolls the pods (new hash on the template).
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 4096}}})),
+    )
+    .await?;
+    let rolled = eventually("a new config hash", || async {
+        deployments
+            .get("chat")
+            .await
+            .ok()
+            .and_then(|d| hash(&d))
+            .filter(|h| *h != first_hash)
+    })
+    .await;
+
+    // An invalid spec (valid for the CRD, refused by the compiler): Degraded, untouched.
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 64}}})),
+    )
+    .await?;
+    let degraded = eventually("Degraded", || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(degraded.1, "InvalidSpec");
+    assert!(
+        degraded.2.contains("spec.limits.maxPayloadBytes"),
+        "{}",
+        degraded.2
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hash(&deployments.get("chat").await?).as_deref(),
+        Some(rolled.as_str()),
+        "the running Deployment is untouched"
+    );
+
+    // Back to valid: Degraded clears.
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 8192}}})),
+    )
+    .await?;
+    eventually("Degraded to clear", || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+
+    // A deleted child comes back.
+    services.delete("chat", &DeleteParams::default()).await?;
+    eventually("the Service to be recreated", || async {
+        services
+            .get_opt("chat")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    Ok(())
+}
