@@ -198,6 +198,59 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
     })
     .await;
 
+    // A missing Secret: Degraded with the field named; nothing is rolled.
+    let before = hash(&deployments.get("chat").await?);
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"auth": {"jwt": {
+            "algorithms": ["HS256"], "secretRef": {"name": "chat-jwt", "key": "secret"}
+        }}}})),
+    )
+    .await?;
+    let missing = eventually("MissingSecret", || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.1 == "MissingSecret")
+    })
+    .await;
+    assert!(
+        missing.2.contains("spec.auth.jwt.secretRef") && missing.2.contains("chat-jwt"),
+        "{}",
+        missing.2
+    );
+    assert_eq!(hash(&deployments.get("chat").await?), before);
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"auth": {"jwt": null}}})),
+    )
+    .await?;
+
+    // `kubectl scale` (the scale subresource) reaches the Deployment.
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nats": {"url": "nats://nats:4222"}}})),
+    )
+    .await?;
+    apps.patch_scale(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await?;
+    eventually("3 replicas on the Deployment", || async {
+        deployments
+            .get("chat")
+            .await
+            .ok()
+            .filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+    })
+    .await;
+
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
     Ok(())
