@@ -354,14 +354,29 @@ async fn patch_status(
     Ok(())
 }
 
-/// Server-side apply with the operator's one field manager.
-async fn apply<K>(client: &Client, namespace: &str, name: &str, object: &K) -> Result<(), Error>
-where
+/// A namespaced object kind the operator applies for an app.
+pub trait Owned:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Owned for K where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + Serialize
-        + std::fmt::Debug,
+        + std::fmt::Debug
+{
+}
+
+/// Server-side apply with the operator's one field manager.
+async fn apply<K>(client: &Client, namespace: &str, name: &str, object: &K) -> Result<(), Error>
+where
+    K: Owned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.patch(
@@ -381,11 +396,7 @@ async fn apply_or_delete<K>(
     object: Option<K>,
 ) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Owned,
 {
     match object {
         Some(o) => apply(client, namespace, name, &o).await,

@@ -33,7 +33,7 @@ async fn tokens_are_read_from_query_header_and_subprotocol() {
     let server = TestServer::start(TEST_APP).await;
     let token = hs256(claims("alice", 60));
 
-    let c = Client::connect(&format!("{}?access_token={token}", server.url())).await;
+    let c = server.client_with_token(&token).await;
     assert_eq!(c.open["user"]["id"], "alice");
     assert_eq!(c.open["user"]["anonymous"], false);
 
@@ -172,7 +172,7 @@ async fn public_key_algorithms_verify_with_the_mounted_key() {
             _ => EncodingKey::from_ec_pem(&pem).unwrap(),
         };
         let token = jsonwebtoken::encode(&Header::new(name), &claims("kim", 60), &key).unwrap();
-        let c = Client::connect(&format!("{}?access_token={token}", server.url())).await;
+        let c = server.client_with_token(&token).await;
         assert_eq!(c.open["user"]["id"], "kim", "{alg}");
         // An HMAC token is refused by a public-key-only app.
         let r = refused(
@@ -188,12 +188,7 @@ async fn public_key_algorithms_verify_with_the_mounted_key() {
 #[tokio::test]
 async fn an_expired_token_closes_the_connection_with_4401() {
     let server = TestServer::start(TEST_APP).await;
-    let mut c = Client::connect(&format!(
-        "{}?access_token={}",
-        server.url(),
-        hs256(claims("eve", 2))
-    ))
-    .await;
+    let mut c = server.client_with_token(&hs256(claims("eve", 2))).await;
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, 4401);
     wait_for_metric(
         &server,
@@ -207,12 +202,7 @@ async fn an_expired_token_closes_the_connection_with_4401() {
 #[tokio::test]
 async fn a_refreshed_token_keeps_the_connection_open() {
     let server = TestServer::start(TEST_APP).await;
-    let mut c = Client::connect(&format!(
-        "{}?access_token={}",
-        server.url(),
-        hs256(claims("eve", 2))
-    ))
-    .await;
+    let mut c = server.client_with_token(&hs256(claims("eve", 2))).await;
 
     let e = c.call("$ws:auth", "bad", json!({"token": "garbage"})).await;
     assert_error(&e, "ERROR", "UNAUTHENTICATED", Some("bad"));

@@ -170,6 +170,11 @@ impl TestServer {
         Client::connect(&self.url()).await
     }
 
+    /// A client connected with `token` in the `access_token` query parameter.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        Client::connect(&format!("{}?access_token={token}", self.url())).await
+    }
+
     /// A plain HTTP GET on the admin port: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await

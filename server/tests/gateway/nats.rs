@@ -201,12 +201,9 @@ async fn backend(
 async fn requests_reach_a_backend_and_every_outcome_is_answered() {
     let nats = NatsServer::start().await;
     let servers = cluster(&nats, &["a"]).await;
-    let mut c = Client::connect(&format!(
-        "{}?access_token={}",
-        servers[0].url(),
-        hs256(claims("ann", 60))
-    ))
-    .await;
+    let mut c = servers[0]
+        .client_with_token(&hs256(claims("ann", 60)))
+        .await;
 
     // No backend yet: no responders.
     let e = c.call("ASK", "q0", json!({"q": "anyone?"})).await;

@@ -153,8 +153,7 @@ async fn route_roles_and_topic_roles_are_enforced() {
 
     let mut claims = claims("ada", 60);
     claims["roles"] = json!(["admin", "moderator"]);
-    let mut admin =
-        Client::connect(&format!("{}?access_token={}", server.url(), hs256(claims))).await;
+    let mut admin = server.client_with_token(&hs256(claims)).await;
     assert_eq!(
         admin.open["user"]["roles"],
         json!(["user", "admin", "moderator"])
@@ -173,12 +172,7 @@ async fn route_roles_and_topic_roles_are_enforced() {
 #[tokio::test]
 async fn a_private_topic_is_only_for_its_owner() {
     let server = TestServer::start(TEST_APP).await;
-    let mut alice = Client::connect(&format!(
-        "{}?access_token={}",
-        server.url(),
-        hs256(claims("alice", 60))
-    ))
-    .await;
+    let mut alice = server.client_with_token(&hs256(claims("alice", 60))).await;
     let e = alice.call("WATCH", "w1", json!({"userId": "bob"})).await;
     assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("w1"));
     let ack = alice.call("WATCH", "w2", json!({"userId": "alice"})).await;
