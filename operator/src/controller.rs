@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -27,6 +27,7 @@ use switchboard_spec::crd::{RealtimeApp, RealtimeAppStatus};
 use switchboard_spec::{AppManifest, ManifestMetadata};
 use tracing::{info, warn};
 
+use crate::metrics::{Metrics, Outcome};
 use crate::resources::{Defaults, Plan};
 
 /// The one field manager of every object this operator applies.
@@ -42,11 +43,23 @@ pub enum Error {
     Build(#[from] anyhow::Error),
 }
 
+impl Error {
+    /// The `error` label of `switchboard_operator_reconcile_failures_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_api",
+            Self::Build(_) => "build",
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub defaults: Defaults,
     pub recorder: Recorder,
+    /// Shared with the admin listener (`/metrics`, `/readyz`) and leader election.
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RealtimeApp>, u32>>,
 }
@@ -61,6 +74,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             defaults,
+            metrics: Arc::new(Metrics::new()),
             failures: Mutex::default(),
         }
     }
@@ -89,8 +103,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .await;
 }
 
-#[tracing::instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation))]
+/// One reconcile, measured: its outcome and duration go to the metrics and its span.
+#[tracing::instrument(skip_all, fields(
+    app = %app.name_any(),
+    namespace = app.namespace().as_deref().unwrap_or("default"),
+    generation = app.metadata.generation,
+    outcome = tracing::field::Empty,
+))]
 pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_app(app, &ctx).await;
+    let outcome = match &result {
+        Ok((outcome, _)) => *outcome,
+        Err(e) => {
+            ctx.metrics.failed(e.kind());
+            Outcome::Failed
+        }
+    };
+    tracing::Span::current().record("outcome", outcome.as_str());
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result.map(|(_, action)| action)
+}
+
+async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome, Action), Error> {
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let name = app.name_any();
     let apps: Api<RealtimeApp> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -108,7 +143,7 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
     };
     if let Err(errors) = switchboard_spec::compile(&manifest) {
         degrade(
-            &ctx,
+            ctx,
             &app,
             &apps,
             &previous,
@@ -116,7 +151,7 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
             &errors.to_string(),
         )
         .await?;
-        return Ok(Action::requeue(RESYNC));
+        return Ok((Outcome::Degraded, Action::requeue(RESYNC)));
     }
     let plan = Plan::new(&app, &ctx.defaults)?;
 
@@ -142,8 +177,8 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
                 "spec.auth.jwt.{field}: Secret {:?} with key {:?} not found in namespace {namespace}",
                 r.name, r.key
             );
-            degrade(&ctx, &app, &apps, &previous, "MissingSecret", &message).await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
+            degrade(ctx, &app, &apps, &previous, "MissingSecret", &message).await?;
+            return Ok((Outcome::Degraded, Action::requeue(Duration::from_secs(30))));
         }
     }
 
@@ -231,7 +266,7 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
         .any(|c| c.type_ == "Degraded" && c.status == "True")
     {
         publish(
-            &ctx,
+            ctx,
             &app,
             EventType::Normal,
             "Recovered",
@@ -243,7 +278,7 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
     if let Ok(mut f) = ctx.failures.lock() {
         f.remove(&ObjectRef::from_obj(app.as_ref()));
     }
-    Ok(Action::requeue(RESYNC))
+    Ok((Outcome::Applied, Action::requeue(RESYNC)))
 }
 
 /// Retries failed reconciles with exponential backoff per app: 1 s, 2 s, ... 5 min.

@@ -1,6 +1,11 @@
 //! `switchboard-operator`: reconciles `RealtimeApp` resources into running Switchboard
-//! servers. So far: the CustomResourceDefinition, generated from the shared spec types.
+//! servers. [`controller`] holds reconcile and its error policy, [`resources`] the pure
+//! functions that build each owned object, [`crd`] the generated CustomResourceDefinition,
+//! [`leader`] the Lease that keeps two replicas from both reconciling, [`metrics`] what
+//! `/metrics` exports.
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod resources;

@@ -1,10 +1,18 @@
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use switchboard_operator::controller::{self, Context};
+use switchboard_operator::leader::{self, LeaderElector, LeaseConfig};
 use switchboard_operator::resources::Defaults;
+use switchboard_ops::{admin, logging};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// Reconciles RealtimeApp resources into running Switchboard servers.
 #[derive(Parser)]
@@ -19,30 +27,49 @@ enum Command {
     /// Print the RealtimeApp CustomResourceDefinition (YAML).
     Crd,
     /// Run the controller (in a pod, or beside a cluster with $KUBECONFIG).
-    Run {
-        /// Server image for apps that set no spec.image.
-        #[arg(
-            long,
-            env = "SWITCHBOARD_SERVER_IMAGE",
-            default_value = "switchboard-server:0.1.0"
-        )]
-        server_image: String,
-        /// This replica's name, in Events. Default: $POD_NAME, else the host name.
-        #[arg(long, env = "POD_NAME")]
-        instance: Option<String>,
-    },
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server image for apps that set no spec.image.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SERVER_IMAGE",
+        default_value = "switchboard-server:0.1.0"
+    )]
+    server_image: String,
+    /// This replica's name, in Events and as the Lease holder. Default: $POD_NAME,
+    /// else the host name.
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// Reconcile only while holding a Lease, so several replicas can run for
+    /// availability without both reconciling.
+    #[arg(long, env = "SWITCHBOARD_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace in a pod).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "switchboard-operator")]
+    lease_name: String,
+    /// Seconds a leader's claim holds without renewal; the leader renews every
+    /// duration/7.5 and steps down after duration*2/3 without a renewal (client-go's
+    /// 15/10/2 s ratios).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_duration_seconds: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => switchboard_operator::crd::crd_yaml().map(|yaml| print!("{yaml}")),
-        Command::Run {
-            server_image,
-            instance,
-        } => tokio::runtime::Runtime::new()
+        Command::Run(args) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(run(server_image, instance))),
+            .and_then(|rt| rt.block_on(run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,34 +80,98 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(server_image: String, instance: Option<String>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    logging::init_logging();
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
     let client = kube::Client::try_default()
         .await
-        .context("cannot reach the Kubernetes API (in-cluster config or $KUBECONFIG)")?;
+        .context("cannot configure the Kubernetes client (in-cluster config or $KUBECONFIG)")?;
     // The operator's own OTEL_* settings are passed on to every server pod.
     let otel_env = std::env::vars()
         .filter(|(k, _)| k.starts_with("OTEL_"))
         .collect();
-    let instance = instance
+    let instance = args
+        .instance
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "switchboard-operator".into());
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         Defaults {
-            server_image,
+            server_image: args.server_image,
             otel_env,
         },
-        instance,
+        instance.clone(),
     ));
-    controller::run(ctx, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+
+    let shutdown = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::accept_loop(
+        admin_listener,
+        ctx.metrics.clone(),
+        admin_stop.clone(),
+    ));
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    info!(admin = %args.admin_listen, leader_elect = args.leader_elect, "operator started");
+
+    if args.leader_elect {
+        let duration = Duration::from_secs(args.lease_duration_seconds);
+        let config = LeaseConfig {
+            lease_duration: duration,
+            renew_deadline: duration * 2 / 3,
+            retry_period: duration * 2 / 15,
+            ..LeaseConfig::new(args.lease_namespace, args.lease_name, instance)
+        };
+        let metrics = ctx.metrics.clone();
+        leader::run(
+            LeaderElector::new(client, config),
+            &metrics,
+            shutdown,
+            |lost| controller::run(ctx.clone(), lost.cancelled_owned()),
+        )
+        .await;
+    } else {
+        tokio::spawn(ready_when_api_answers(client, ctx.clone()));
+        ctx.metrics.set_leader(true);
+        controller::run(ctx.clone(), shutdown.cancelled_owned()).await;
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("operator stopped");
     Ok(())
+}
+
+/// Without leader election nothing else talks to the API before the first app shows
+/// up, so readiness asks the API server's version until it answers.
+async fn ready_when_api_answers(client: kube::Client, ctx: Arc<Context>) {
+    loop {
+        match client.apiserver_version().await {
+            Ok(v) => {
+                info!(version = %v.git_version, "connected to the Kubernetes API");
+                ctx.metrics.set_api_reachable();
+                return;
+            }
+            Err(e) => warn!(error = %e, "the Kubernetes API does not answer yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal) starts a graceful stop: in-flight
+/// reconciles finish and the Lease is released.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("stopping");
+    shutdown.cancel();
 }

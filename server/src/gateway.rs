@@ -34,7 +34,7 @@ use crate::ratelimit::ConnectionBuckets;
 use crate::router::Session;
 use crate::state::AppState;
 
-pub type HttpResponse = Response<Full<Bytes>>;
+pub use switchboard_ops::admin::HttpResponse;
 
 /// Accepts TCP connections until `stop` fires.
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {

@@ -6,7 +6,6 @@
 //! and handed to the [`bus`], whose [`topics`] registry pushes the same bytes into each
 //! subscriber's [`outbound`] queue, which that subscriber's writer drains to its socket.
 
-pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bus;
@@ -24,7 +23,6 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod state;
-pub mod telemetry;
 pub mod topics;
 
 pub use config::{Cli, ServerConfig};

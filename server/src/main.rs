@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchboard_server::{Cli, Server, ServerConfig, Shutdown, telemetry};
+use switchboard_ops::logging;
+use switchboard_server::{Cli, Server, ServerConfig, Shutdown};
 
 /// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
 const USAGE: u8 = 2;
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
 
 async fn serve() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
+    logging::init_logging();
     let (source, yaml) = match cli.app_source() {
         Ok(s) => s,
         Err(e) => {

@@ -17,7 +17,8 @@ use crate::bus::nats::{self, NatsBus};
 use crate::config::ServerConfig;
 use crate::shutdown::Shutdown;
 use crate::state::{AppState, metrics_for};
-use crate::{admin, drain, gateway};
+use crate::{drain, gateway};
+use switchboard_ops::admin;
 
 /// How often idle shared rate-limit buckets are swept.
 const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);

@@ -81,6 +81,21 @@ impl AppState {
     }
 }
 
+/// Readiness drops as soon as draining starts, so the Service stops sending new clients.
+impl switchboard_ops::admin::AdminState for AppState {
+    fn readiness(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            Err("draining\n")
+        } else {
+            Ok(())
+        }
+    }
+
+    fn encode_metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
 /// The app's metrics: per-type counters for its declared route types and for every
 /// type the server can send (system frames, errors, acks, emit and reply types).
 pub fn metrics_for(app: &CompiledApp) -> Metrics {

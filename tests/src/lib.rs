@@ -1,158 +1,48 @@
-//! Harness for tests on real control-plane binaries: etcd and kube-apiserver (from
-//! `hack/tools.sh`, found on PATH) on loopback ports, with an admin kubeconfig.
-//! Nothing is faked: the apiserver validates CRDs, CEL rules and subresources itself.
+//! Shared harness for Switchboard's tests on real components: a control plane of real
+//! binaries ([`ControlPlane`]), and small helpers for polling and for the admin port.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+mod control_plane;
+mod http;
+
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::process::{Child, Command};
+pub use control_plane::ControlPlane;
+pub use http::{http_get, metric};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use switchboard_spec::crd::RealtimeApp;
 
-/// The admin's bearer token (member of system:masters).
-const ADMIN_TOKEN: &str = "switchboard-test-admin";
-
-pub struct ControlPlane {
-    etcd: Child,
-    apiserver: Child,
-    dir: PathBuf,
-    /// A kubeconfig file for the admin, as `kubectl`, helm or the operator would use.
-    pub kubeconfig: PathBuf,
+/// Who holds the operator's leader Lease (`switchboard-operator` in `default`), if anyone.
+pub async fn lease_holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "default")
+        .get_opt("switchboard-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The example chat app (`manifests/examples/chat.yaml`), as users apply it.
+pub fn chat_app() -> RealtimeApp {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/chat.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn spawn(bin: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(log)?;
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!("cannot start {bin}: run `bash hack/tools.sh` and put the directory it prints on PATH")
-        })
-}
-
-impl ControlPlane {
-    pub async fn start() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "sb-cp-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(dir.join("certs"))?;
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = spawn(
-            "etcd",
-            &[
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
-                "--log-level=error".into(),
-            ],
-            &dir.join("etcd.log"),
-        )?;
-
-        // Service-account tokens need a signing key; the apiserver makes its own
-        // serving certificate in --cert-dir.
-        let sa_key = dir.join("sa.pem");
-        let status = Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&sa_key)
-            .arg("2048")
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .context("openssl is needed to make the service-account key")?;
-        if !status.success() {
-            bail!("openssl genrsa failed");
+/// Polls `probe` every 100 ms until it yields, for up to `seconds`; panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, seconds: u64, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..seconds * 10 {
+        if let Some(v) = probe().await {
+            return v;
         }
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
-        )?;
-        let apiserver = spawn(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--cert-dir={}", dir.join("certs").display()),
-                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", sa_key.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-            ],
-            &dir.join("kube-apiserver.log"),
-        )?;
-
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n"
-            ),
-        )?;
-        let cp = Self {
-            etcd,
-            apiserver,
-            dir,
-            kubeconfig,
-        };
-        cp.wait_ready().await?;
-        Ok(cp)
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let client = self.client().await?;
-        for _ in 0..600 {
-            let req = http_get("/readyz")?;
-            if client
-                .request_text(req)
-                .await
-                .is_ok_and(|t| t.trim() == "ok")
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "kube-apiserver did not become ready; its log:\n{}",
-            std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
-        )
-    }
-}
-
-fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
-    Ok(http::Request::get(path).body(Vec::new())?)
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.apiserver.start_kill();
-        let _ = self.etcd.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    panic!("timed out after {seconds} s waiting for {what}");
 }

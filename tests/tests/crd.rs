@@ -2,41 +2,13 @@
 //! apps stored with their JSON Schemas intact, cross-field rules enforced by the
 //! apiserver's CEL, the scale subresource working.
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_spec::crd::RealtimeApp;
-use switchboard_tests::ControlPlane;
-
-async fn install_crd(client: &kube::Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &switchboard_operator::crd::crd()?)
-        .await?;
-    for _ in 0..100 {
-        let crd = crds.get("realtimeapps.switchboard.dev").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the CRD never became Established")
-}
+use switchboard_tests::{ControlPlane, chat_app};
 
 fn example(name: &str) -> RealtimeApp {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/examples/chat.yaml"
-    );
-    let mut app: RealtimeApp =
-        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut app = chat_app();
     app.metadata.name = Some(name.to_owned());
     app
 }
@@ -57,7 +29,7 @@ async fn refusal(api: &Api<RealtimeApp>, app: &RealtimeApp) -> String {
 async fn the_crd_is_served_and_enforces_the_spec() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client().await?;
-    install_crd(&client).await?;
+    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
     let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
 
     // The example chat app round-trips with its payload schemas intact.

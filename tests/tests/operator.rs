@@ -1,42 +1,22 @@
 //! The operator reconciling RealtimeApps on a real kube-apiserver: the objects it
 //! applies, rolling on change, Degraded on an invalid spec without touching the running
-//! Deployment, recreating a deleted child. (Pods stay Pending without a kubelet, so the
-//! assertions are on objects.)
+//! Deployment (with an Event), recreating a deleted child, the scale subresource, and
+//! garbage collection of children when the app is deleted. (No kubelet runs pods, so
+//! the assertions are on objects.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_operator::controller::{self, Context};
 use switchboard_operator::resources::{CONFIG_HASH_ANNOTATION, Defaults};
 use switchboard_spec::crd::RealtimeApp;
-use switchboard_tests::ControlPlane;
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..150 {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn chat() -> RealtimeApp {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/examples/chat.yaml"
-    );
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use switchboard_tests::{ControlPlane, chat_app, eventually};
 
 fn hash(d: &Deployment) -> Option<String> {
     d.spec
@@ -61,17 +41,10 @@ fn condition(app: &RealtimeApp, type_: &str) -> Option<(String, String, String)>
 
 #[tokio::test]
 async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let mut cp = ControlPlane::start().await?;
     let client = cp.client().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &switchboard_operator::crd::crd()?)
-        .await?;
+    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
     let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
-    eventually("the CRD to be served", || {
-        let apps = apps.clone();
-        async move { apps.list(&Default::default()).await.ok() }
-    })
-    .await;
 
     let defaults = Defaults {
         server_image: "switchboard-server:test".into(),
@@ -83,13 +56,13 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
-    apps.create(&PostParams::default(), &chat()).await?;
+    apps.create(&PostParams::default(), &chat_app()).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     // Objects with the right fields, owned by the app.
-    let d = eventually("the Deployment", || async {
+    let d = eventually("the Deployment", 15, || async {
         deployments.get_opt("chat").await.ok().flatten()
     })
     .await;
@@ -108,7 +81,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
     switchboard_spec::load(&cm.data.unwrap()["app.yaml"]).expect("the ConfigMap holds a valid app");
 
     // Status: selector, hash, endpoint, conditions (no kubelet: not ready, rolling out).
-    let app = eventually("the status", || async {
+    let app = eventually("the status", 15, || async {
         apps.get("chat")
             .await
             .ok()
@@ -132,7 +105,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 4096}}})),
     )
     .await?;
-    let rolled = eventually("a new config hash", || async {
+    let rolled = eventually("a new config hash", 15, || async {
         deployments
             .get("chat")
             .await
@@ -149,7 +122,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 64}}})),
     )
     .await?;
-    let degraded = eventually("Degraded", || async {
+    let degraded = eventually("Degraded", 15, || async {
         apps.get("chat")
             .await
             .ok()
@@ -162,6 +135,29 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         degraded.2.contains("spec.limits.maxPayloadBytes"),
         "{}",
         degraded.2
+    );
+    // ... and says so in an Event on the app, as `kubectl describe rtapp chat` shows.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let event = eventually("a Warning Event for the invalid spec", 15, || async {
+        events.list(&Default::default()).await.ok().and_then(|l| {
+            l.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("InvalidSpec")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("chat")
+            })
+        })
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.kind.as_deref()),
+        Some("RealtimeApp")
+    );
+    assert!(
+        event
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("spec.limits.maxPayloadBytes")),
+        "{event:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -177,7 +173,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 8192}}})),
     )
     .await?;
-    eventually("Degraded to clear", || async {
+    eventually("Degraded to clear", 15, || async {
         apps.get("chat")
             .await
             .ok()
@@ -188,7 +184,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
 
     // A deleted child comes back.
     services.delete("chat", &DeleteParams::default()).await?;
-    eventually("the Service to be recreated", || async {
+    eventually("the Service to be recreated", 15, || async {
         services
             .get_opt("chat")
             .await
@@ -208,7 +204,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         }}}})),
     )
     .await?;
-    let missing = eventually("MissingSecret", || async {
+    let missing = eventually("MissingSecret", 15, || async {
         apps.get("chat")
             .await
             .ok()
@@ -242,12 +238,34 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"replicas": 3}})),
     )
     .await?;
-    eventually("3 replicas on the Deployment", || async {
+    eventually("3 replicas on the Deployment", 15, || async {
         deployments
             .get("chat")
             .await
             .ok()
             .filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+    })
+    .await;
+
+    // More than one replica gets a PodDisruptionBudget.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    eventually("a PodDisruptionBudget", 15, || async {
+        pdbs.get_opt("chat").await.ok().flatten()
+    })
+    .await;
+
+    // Deleting the app garbage-collects every child (the controller manager's
+    // garbage collector follows the owner references the operator set).
+    cp.start_controller_manager()?;
+    apps.delete("chat", &DeleteParams::background()).await?;
+    eventually("the children to be collected", 90, || async {
+        let left = [
+            deployments.get_opt("chat").await.ok()?.is_some(),
+            services.get_opt("chat").await.ok()?.is_some(),
+            configs.get_opt("chat-config").await.ok()?.is_some(),
+            pdbs.get_opt("chat").await.ok()?.is_some(),
+        ];
+        (!left.contains(&true)).then_some(())
     })
     .await;
 

@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard_server::{Server, ServerConfig, Shutdown};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub use switchboard_tests::{http_get, metric};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Request;
@@ -210,36 +210,6 @@ pub async fn wait_for_metric(server: &TestServer, series: &str, value: f64) -> S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{series} never reached {value}:\n{text}");
-}
-
-/// The value of a metric line (`name{labels} value`) in a Prometheus text exposition.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 pub fn hs256(claims: Value) -> String {

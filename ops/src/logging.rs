@@ -1,4 +1,4 @@
-//! Logging: `RUST_LOG` filters (default `info`), `SWITCHBOARD_LOG_FORMAT=json` for JSON lines.
+//! Logging for both binaries: `RUST_LOG` filters (default `info`), `SWITCHBOARD_LOG_FORMAT=json` for JSON lines.
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,7 +1,8 @@
-//! The admin listener (`--admin-listen`): `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Kept off the WebSocket port so probes and scrapes never compete with clients for
-//! connection slots, and so the port can stay cluster-internal.
+//! Kept off any client-facing port so probes and scrapes never compete with clients for
+//! connection slots, and so the port can stay cluster-internal. What "ready" means and
+//! which metrics exist is the binary's business, told through [`AdminState`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,24 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::gateway::HttpResponse;
-use crate::state::AppState;
+/// A complete, buffered HTTP response: every admin answer is small.
+pub type HttpResponse = Response<Full<Bytes>>;
 
-pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+/// What the admin listener asks of the binary behind it.
+pub trait AdminState: Send + Sync + 'static {
+    /// `Ok` when the process should receive work; `Err(reason)` (served as 503 with the
+    /// reason as body) while it should not: draining, not yet connected, ...
+    fn readiness(&self) -> Result<(), &'static str>;
+    /// The OpenMetrics text exposition of every metric.
+    fn encode_metrics(&self) -> String;
+}
+
+/// Serves admin requests until `stop` is cancelled.
+pub async fn accept_loop<S: AdminState>(
+    listener: TcpListener,
+    state: Arc<S>,
+    stop: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -37,7 +52,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &state)) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, state.as_ref())) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -48,13 +63,15 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
     }
 }
 
-fn respond<B>(req: &Request<B>, state: &AppState) -> HttpResponse {
+fn respond<B, S: AdminState>(req: &Request<B>, state: &S) -> HttpResponse {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match state.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            let mut r = Response::new(Full::new(Bytes::from(state.encode_metrics())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(

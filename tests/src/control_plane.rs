@@ -1,0 +1,207 @@
+//! Harness for tests on real control-plane binaries: etcd, kube-apiserver and (on
+//! demand) kube-controller-manager, from `hack/tools.sh`, found on PATH, on loopback
+//! ports, with an admin kubeconfig.
+//! Nothing is faked: the apiserver validates CRDs, CEL rules and subresources itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::process::{Child, Command};
+
+/// The admin's bearer token (member of system:masters).
+const ADMIN_TOKEN: &str = "switchboard-test-admin";
+
+pub struct ControlPlane {
+    etcd: Child,
+    apiserver: Child,
+    /// Started on demand: only the garbage collector runs, for tests of deletion.
+    controller_manager: Option<Child>,
+    dir: PathBuf,
+    /// A kubeconfig file for the admin, as `kubectl`, helm or the operator would use.
+    pub kubeconfig: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot start {bin}: run `bash hack/tools.sh` and put the directory it prints on PATH")
+        })
+}
+
+impl ControlPlane {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-cp-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(dir.join("certs"))?;
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = spawn(
+            "etcd",
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--log-level=error".into(),
+            ],
+            &dir.join("etcd.log"),
+        )?;
+
+        // Service-account tokens need a signing key; the apiserver makes its own
+        // serving certificate in --cert-dir.
+        let sa_key = dir.join("sa.pem");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&sa_key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("openssl is needed to make the service-account key")?;
+        if !status.success() {
+            bail!("openssl genrsa failed");
+        }
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
+        )?;
+        let apiserver = spawn(
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--cert-dir={}", dir.join("certs").display()),
+                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+            ],
+            &dir.join("kube-apiserver.log"),
+        )?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n"
+            ),
+        )?;
+        let cp = Self {
+            etcd,
+            apiserver,
+            controller_manager: None,
+            dir,
+            kubeconfig,
+        };
+        cp.wait_ready().await?;
+        Ok(cp)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Starts kube-controller-manager with its garbage collector only (no kubelet, so
+    /// nothing else has work). Start it after installing CRDs: the collector learns
+    /// resource kinds from discovery when it starts, and rescans only every 30 s.
+    pub fn start_controller_manager(&mut self) -> anyhow::Result<()> {
+        let child = spawn(
+            "kube-controller-manager",
+            &[
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+                "--controllers=garbage-collector-controller".into(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+            ],
+            &self.dir.join("kube-controller-manager.log"),
+        )?;
+        self.controller_manager = Some(child);
+        Ok(())
+    }
+
+    /// Creates `crd` and waits until the apiserver serves it (Established).
+    pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> anyhow::Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client().await?);
+        crds.create(&PostParams::default(), crd).await?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        for _ in 0..100 {
+            let established = crds
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the CRD {name} never became Established")
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        for _ in 0..600 {
+            let req = http_get("/readyz")?;
+            if client
+                .request_text(req)
+                .await
+                .is_ok_and(|t| t.trim() == "ok")
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "kube-apiserver did not become ready; its log:\n{}",
+            std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
+        )
+    }
+}
+
+fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
+    Ok(http::Request::get(path).body(Vec::new())?)
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(cm) = self.controller_manager.as_mut() {
+            let _ = cm.start_kill();
+        }
+        let _ = self.apiserver.start_kill();
+        let _ = self.etcd.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
