@@ -6,11 +6,17 @@
 #      switchboard-server instances on loopback ports driven by real WebSocket clients
 #      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM),
 #      and replicas sharing a real nats-server (server/tests/gateway/nats.rs)
-#   3. the control plane (tests/): real etcd + kube-apiserver, the RealtimeApp CRD
-#      applied and exercised (structural schema, CEL rules, scale subresource)
+#   3. the control plane (tests/, operator/tests): real etcd + kube-apiserver (+
+#      kube-controller-manager's garbage collector): the CRD and its CEL rules, the
+#      operator's reconcile, leader election, the operator binary; the Helm chart
+#      (lint, the rendered install bundle, install/upgrade/uninstall); and the install
+#      journey end to end: helm install, the operator under the chart's own service
+#      account, kubectl apply, servers started from the ConfigMap it wrote, clients
+#      across two replicas over a real nats-server, scale, roll, delete
 #
-# Third-party test binaries (nats-server; later the control plane and Jaeger) come from
-# hack/tools.sh, pinned and cached outside the repo, and are put first on PATH.
+# Third-party test binaries (nats-server, etcd, kube-apiserver, kube-controller-manager,
+# kubectl, helm) come from hack/tools.sh, pinned and cached outside the repo, and are
+# put first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +33,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
+# The end-to-end tests run the binaries themselves; build them first so they are fresh.
+cargo build --workspace --bins
 cargo test --workspace

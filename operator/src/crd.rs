@@ -1,5 +1,5 @@
 //! The CustomResourceDefinition, generated from the shared spec types
-//! (`switchboard_spec::RealtimeAppSpec` with its `crd` feature). `crds/realtimeapp.yaml`
+//! (`switchboard_spec::RealtimeAppSpec` with its `crd` feature). `charts/switchboard/crds/realtimeapp.yaml`
 //! is this function's output, checked in; a test fails when they differ.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -43,11 +43,14 @@ mod tests {
     #[test]
     fn checked_in_crd_matches_the_generated_one() {
         let generated = crd_yaml().unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/realtimeapp.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/switchboard/crds/realtimeapp.yaml"
+        );
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             generated == checked_in,
-            "crds/realtimeapp.yaml is stale: run `cargo run -p switchboard-operator -- crd > crds/realtimeapp.yaml`"
+            "charts/switchboard/crds/realtimeapp.yaml is stale: run `cargo run -p switchboard-operator -- crd > charts/switchboard/crds/realtimeapp.yaml`"
         );
     }
 

@@ -46,6 +46,13 @@ struct RunArgs {
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
+    /// Watch only these namespaces (repeat the flag, or comma-separate); default: all.
+    #[arg(
+        long = "watch-namespace",
+        env = "SWITCHBOARD_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// Reconcile only while holding a Lease, so several replicas can run for
     /// availability without both reconciling.
     #[arg(long, env = "SWITCHBOARD_LEADER_ELECT")]
@@ -105,6 +112,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance.clone(),
     ));
 
+    let watch = args.watch_namespaces;
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::accept_loop(
@@ -113,7 +121,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_stop.clone(),
     ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    info!(admin = %args.admin_listen, leader_elect = args.leader_elect, "operator started");
+    info!(admin = %args.admin_listen, leader_elect = args.leader_elect, namespaces = ?watch, "operator started");
 
     if args.leader_elect {
         let duration = Duration::from_secs(args.lease_duration_seconds);
@@ -128,13 +136,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             LeaderElector::new(client, config),
             &metrics,
             shutdown,
-            |lost| controller::run(ctx.clone(), lost.cancelled_owned()),
+            |lost| controller::run(ctx.clone(), &watch, lost),
         )
         .await;
     } else {
         tokio::spawn(ready_when_api_answers(client, ctx.clone()));
         ctx.metrics.set_leader(true);
-        controller::run(ctx.clone(), shutdown.cancelled_owned()).await;
+        controller::run(ctx.clone(), &watch, shutdown).await;
     }
     admin_stop.cancel();
     let _ = admin_task.await;

@@ -84,6 +84,12 @@ impl ControlPlane {
         if !status.success() {
             bail!("openssl genrsa failed");
         }
+        // Every request is audited (metadata only), so tests can compare what a
+        // component really calls with the RBAC rules it ships with.
+        std::fs::write(
+            dir.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )?;
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
@@ -102,6 +108,14 @@ impl ControlPlane {
                 format!("--service-account-key-file={}", sa_key.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
+                format!(
+                    "--audit-policy-file={}",
+                    dir.join("audit-policy.yaml").display()
+                ),
+                format!("--audit-log-path={}", dir.join("audit.log").display()),
+                "--audit-log-format=json".into(),
+                // Unbuffered: a test reads the log right after the calls it checks.
+                "--audit-log-mode=blocking".into(),
             ],
             &dir.join("kube-apiserver.log"),
         )?;
@@ -149,6 +163,23 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Runs `kubectl` with the admin kubeconfig; its stdout, or an error with stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        run_tool("kubectl", &[&[kubeconfig.as_str()], args].concat()).await
+    }
+
+    /// Runs `helm` with the admin kubeconfig.
+    pub async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        run_tool("helm", &[args, &[kubeconfig.as_str()]].concat()).await
+    }
+
+    /// The apiserver's audit log: one JSON event a line, for every request.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// Creates `crd` and waits until the apiserver serves it (Established).
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> anyhow::Result<()> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client().await?);
@@ -189,6 +220,28 @@ impl ControlPlane {
             std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
         )
     }
+}
+
+/// Runs a tool from PATH (`hack/tools.sh` installs them); its stdout, or an error
+/// carrying the command line and its stderr.
+pub async fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| {
+            format!("cannot run {program}: run `bash hack/tools.sh` and put the directory it prints on PATH")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {

@@ -1,15 +1,18 @@
 //! Shared harness for Switchboard's tests on real components: a control plane of real
-//! binaries ([`ControlPlane`]), and small helpers for polling and for the admin port.
+//! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), and small helpers
+//! for polling, the admin port and finding the workspace's binaries.
 
 mod control_plane;
 mod http;
+mod nats;
 
 use std::time::Duration;
 
-pub use control_plane::ControlPlane;
+pub use control_plane::{ControlPlane, run_tool};
 pub use http::{http_get, metric};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+pub use nats::NatsServer;
 use switchboard_spec::crd::RealtimeApp;
 
 /// Who holds the operator's leader Lease (`switchboard-operator` in `default`), if anyone.
@@ -20,6 +23,26 @@ pub async fn lease_holder(client: &kube::Client) -> Option<String> {
         .ok()??
         .spec?
         .holder_identity
+}
+
+/// A binary of this workspace (`switchboard-server`, `switchboard-operator`), from the
+/// target directory this test runs from. `hack/test-all.sh` builds them first; when
+/// running one test by hand, `cargo build --bins` before it, or it would test a stale
+/// binary.
+pub fn cargo_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .unwrap_or_else(|| panic!("no target directory above {}", exe.display()));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` first (hack/test-all.sh does)",
+        path.display()
+    );
+    path
 }
 
 /// The example chat app (`manifests/examples/chat.yaml`), as users apply it.

@@ -50,7 +50,7 @@ impl Replica {
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
             async move {
                 leader::run(elector, &metrics, shutdown, |lost| {
-                    controller::run(ctx.clone(), lost.cancelled_owned())
+                    controller::run(ctx.clone(), &[], lost)
                 })
                 .await;
             }

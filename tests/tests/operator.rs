@@ -51,10 +51,11 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         otel_env: vec![],
     };
     let ctx = Arc::new(Context::new(client.clone(), defaults, "test".into()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(controller::run(ctx, async {
-        let _ = stopped.await;
-    }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let operator = tokio::spawn({
+        let stop = stop.clone();
+        async move { controller::run(ctx, &[], stop).await }
+    });
 
     apps.create(&PostParams::default(), &chat_app()).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -269,7 +270,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
     })
     .await;
 
-    let _ = stop.send(());
+    stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
     Ok(())
 }
