@@ -8,13 +8,13 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 use switchboard_spec::{CompiledRoute, Identity, RouteAction, Topic, TopicAccess, TopicTemplate};
 
-use crate::bus::{Delivery, RpcError};
+use crate::bus::{Delivery, RpcError, SubscribedFuture};
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
 use crate::protocol::{self, ErrorCode, Inbound, OutMeta, Rejection};
@@ -304,7 +304,7 @@ fn check_access(
 }
 
 fn subscribe(
-    state: &AppState,
+    state: &Arc<AppState>,
     session: &mut Session,
     msg: &Inbound,
     template: &TopicTemplate,
@@ -322,13 +322,48 @@ fn subscribe(
                 )
             });
         }
-        if state.registry.subscribe(&topic, &session.handle) {
-            state.bus.topic_active(&topic);
-        }
+        state.registry.subscribe(&topic, &session.handle);
         session.subscriptions.insert(topic.clone());
+        if let Some(subscribed) = state.bus.topic_active(&topic) {
+            ack_once(
+                state,
+                session,
+                msg,
+                json!({"topic": topic.as_str()}),
+                subscribed,
+            );
+            return Ok(());
+        }
     }
     ack(state, session, msg, json!({"topic": topic.as_str()}));
     Ok(())
+}
+
+/// How long a subscribe's ack waits for the bus to confirm before it is sent anyway
+/// (NATS stalled: local delivery works, the subscription follows).
+const SUBSCRIBED_WAIT: Duration = Duration::from_secs(5);
+
+/// `$ws:ack` once `subscribed` resolves: until then a publish on another replica might
+/// not reach this client, and an ack must not promise that it would.
+fn ack_once(
+    state: &Arc<AppState>,
+    session: &Session,
+    msg: &Inbound,
+    payload: Value,
+    subscribed: SubscribedFuture,
+) {
+    let Some(correlation_id) = msg.correlation_id.clone() else {
+        return;
+    };
+    let (state, handle) = (state.clone(), session.handle.clone());
+    state.tasks.clone().spawn(async move {
+        let _ = tokio::time::timeout(SUBSCRIBED_WAIT, subscribed).await;
+        state.metrics.sent(protocol::ACK_TYPE, 1);
+        handle.send(
+            protocol::encode_reply(protocol::ACK_TYPE, Some(&correlation_id), &payload),
+            &state.metrics,
+        );
+    });
 }
 
 fn unsubscribe(

@@ -58,8 +58,9 @@ impl Server {
             auth,
             metrics,
             move |app, registry| match nats {
-                Some(client) => {
-                    NatsBus::start(client, app, registry, bus_metrics, bus_instance) as Arc<dyn Bus>
+                Some(connection) => {
+                    NatsBus::start(connection, app, registry, bus_metrics, bus_instance)
+                        as Arc<dyn Bus>
                 }
                 None => Arc::new(LocalBus::new(registry)),
             },

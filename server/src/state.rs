@@ -81,11 +81,16 @@ impl AppState {
     }
 }
 
-/// Readiness drops as soon as draining starts, so the Service stops sending new clients.
+/// Ready once the bus can reach other replicas (a replica that took clients before its
+/// first NATS connection would cut them off from the rest of the app); not ready again
+/// as soon as draining starts, so the Service stops sending new clients. A later NATS
+/// outage does not unready it: local delivery goes on.
 impl switchboard_ops::admin::AdminState for AppState {
     fn readiness(&self) -> Result<(), &'static str> {
         if self.is_draining() {
             Err("draining\n")
+        } else if !self.bus.is_ready() {
+            Err("waiting for the first NATS connection\n")
         } else {
             Ok(())
         }

@@ -29,16 +29,16 @@ impl TopicRegistry {
         }
     }
 
-    /// Adds a subscriber. Returns true when it is the topic's first local subscriber,
-    /// i.e. when this pod starts to need the topic's traffic.
-    pub fn subscribe(&self, topic: &Topic, handle: &Arc<ConnectionHandle>) -> bool {
+    /// Adds a subscriber (once: a second subscribe of the same connection is a no-op).
+    /// The bus learns separately (`Bus::topic_active`) and re-reads the count itself.
+    pub fn subscribe(&self, topic: &Topic, handle: &Arc<ConnectionHandle>) {
         let mut first = false;
         let mut entry = self.topics.entry(topic.clone()).or_insert_with(|| {
             first = true;
             Arc::from(Vec::new())
         });
         if entry.iter().any(|h| h.id == handle.id) {
-            return false;
+            return;
         }
         let mut next: Vec<_> = entry.iter().cloned().collect();
         next.push(handle.clone());
@@ -47,7 +47,6 @@ impl TopicRegistry {
         if first {
             self.metrics.topics.inc();
         }
-        first
     }
 
     /// Removes a subscriber. Returns true when it was the topic's last local subscriber.

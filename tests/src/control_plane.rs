@@ -24,6 +24,7 @@ pub struct ControlPlane {
     dir: PathBuf,
     /// A kubeconfig file for the admin, as `kubectl`, helm or the operator would use.
     pub kubeconfig: PathBuf,
+    api_port: u16,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -121,18 +122,14 @@ impl ControlPlane {
         )?;
 
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n"
-            ),
-        )?;
+        write_kubeconfig(&kubeconfig, api_port, ADMIN_TOKEN)?;
         let cp = Self {
             etcd,
             apiserver,
             controller_manager: None,
             dir,
             kubeconfig,
+            api_port,
         };
         cp.wait_ready().await?;
         Ok(cp)
@@ -161,6 +158,14 @@ impl ControlPlane {
         )?;
         self.controller_manager = Some(child);
         Ok(())
+    }
+
+    /// A kubeconfig authenticating with `token` (e.g. a service account's, from
+    /// `kubectl create token`), to run a component with exactly its own permissions.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        write_kubeconfig(&path, self.api_port, token)?;
+        Ok(path)
     }
 
     /// Runs `kubectl` with the admin kubeconfig; its stdout, or an error with stderr.
@@ -220,6 +225,16 @@ impl ControlPlane {
             std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
         )
     }
+}
+
+fn write_kubeconfig(path: &Path, api_port: u16, token: &str) -> anyhow::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user, namespace: default}}\ncurrent-context: test\n"
+        ),
+    )?;
+    Ok(())
 }
 
 /// Runs a tool from PATH (`hack/tools.sh` installs them); its stdout, or an error

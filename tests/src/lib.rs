@@ -1,13 +1,15 @@
 //! Shared harness for Switchboard's tests on real components: a control plane of real
-//! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), and small helpers
+//! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), a WebSocket [`Client`], and small helpers
 //! for polling, the admin port and finding the workspace's binaries.
 
+mod client;
 mod control_plane;
 mod http;
 mod nats;
 
 use std::time::Duration;
 
+pub use client::{Client, Refused, WAIT};
 pub use control_plane::{ControlPlane, run_tool};
 pub use http::{http_get, metric};
 use k8s_openapi::api::coordination::v1::Lease;

@@ -43,25 +43,26 @@ the calls the operator really makes, recorded by the apiserver's audit log.
 # Watch RealtimeApps; write their status (server-side apply).
 - apiGroups: [switchboard.dev]
   resources: [realtimeapps]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [switchboard.dev]
   resources: [realtimeapps/status]
   verbs: [patch]
-# Owned children: watched (a deleted child comes back), applied (server-side apply
-# creates with patch), and the Deployment read for status.
+# Owned children: watched (a deleted child comes back), applied (server-side apply is
+# a patch, authorized as create while the object does not exist yet), and the
+# Deployment read for status.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [list, watch, patch]
+  verbs: [list, watch, create, patch]
 # Optional children are also deleted when no longer wanted.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, watch, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, watch, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # JWT Secrets named by an app are checked to exist, never listed or watched.
 - apiGroups: [""]
   resources: [secrets]

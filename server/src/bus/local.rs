@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchboard_spec::{Identity, Topic};
 
-use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture};
+use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture};
 use crate::topics::TopicRegistry;
 
 pub struct LocalBus {
@@ -25,7 +25,9 @@ impl Bus for LocalBus {
         self.registry.fan_out(&delivery);
     }
 
-    fn topic_active(&self, _topic: &Topic) {}
+    fn topic_active(&self, _topic: &Topic) -> Option<SubscribedFuture> {
+        None
+    }
 
     fn topic_inactive(&self, _topic: &Topic) {}
 
@@ -50,5 +52,9 @@ impl Bus for LocalBus {
 
     fn drain(&self) -> DrainFuture {
         Box::pin(async {})
+    }
+
+    fn is_ready(&self) -> bool {
+        true
     }
 }

@@ -43,12 +43,16 @@ pub enum RpcError {
 
 pub type RpcFuture = Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>;
 pub type DrainFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Resolves once publishes to a topic from other replicas reach this pod.
+pub type SubscribedFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub trait Bus: Send + Sync {
     /// Delivers to local subscribers and to every other replica that has subscribers.
     fn publish(&self, delivery: Delivery);
-    /// This pod gained its first local subscriber of `topic`.
-    fn topic_active(&self, topic: &Topic);
+    /// A local connection subscribed to `topic`. `None`: other replicas' publishes
+    /// reach it already; else the future resolves once they do (the NATS subscription
+    /// is confirmed), so the client's ack never promises more than is true.
+    fn topic_active(&self, topic: &Topic) -> Option<SubscribedFuture>;
     /// This pod lost its last local subscriber of `topic`.
     fn topic_inactive(&self, topic: &Topic);
     /// Sends a request to the backends answering `subject` and awaits one reply.
@@ -63,4 +67,7 @@ pub trait Bus: Send + Sync {
     fn forward(&self, subject: &str, payload: Bytes, identity: &Identity) -> Result<(), RpcError>;
     /// Hands over everything still buffered and disconnects (at shutdown).
     fn drain(&self) -> DrainFuture;
+    /// Whether the bus has been usable at least once since start: a replica is not
+    /// ready for clients before it can fan out to other replicas.
+    fn is_ready(&self) -> bool;
 }

@@ -8,13 +8,16 @@
 //! Interest-based: a replica subscribes to a topic's subject only while it has local
 //! subscribers. Changes go through one manager task that re-reads the registry before
 //! acting, so a subscribe racing an unsubscribe on the same topic always settles on
-//! what the registry holds. Publishes go through a bounded queue to one publisher task:
+//! what the registry holds. A client's subscribe is acknowledged only after the
+//! manager has the NATS subscription confirmed by a round trip, so an ack means
+//! "publishes from every replica reach you from now on". Publishes go through a bounded queue to one publisher task:
 //! a publisher never waits on NATS, and what cannot be handed over is counted.
 //! The connection uses `no_echo`, so a replica's own publishes come back only through
 //! its local fan-out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subscriber};
@@ -22,11 +25,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture};
+use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture};
 use crate::metrics::Metrics;
 use crate::protocol::{self, OutMeta};
 use crate::topics::TopicRegistry;
@@ -89,15 +92,30 @@ struct Outgoing {
     payload: Bytes,
 }
 
+/// A NATS client and whether it has connected at least once.
+pub struct NatsConnection {
+    client: async_nats::Client,
+    /// Set by the first `Connected` event; a replica is ready only from then on.
+    connected_once: Arc<AtomicBool>,
+}
+
+/// A request to the interest manager: re-check `topic`, then (if asked) report back
+/// once its subscription is in place.
+struct Interest {
+    topic: Topic,
+    confirmed: Option<oneshot::Sender<()>>,
+}
+
 pub struct NatsBus {
     client: async_nats::Client,
+    connected_once: Arc<AtomicBool>,
     registry: Arc<TopicRegistry>,
     metrics: Arc<Metrics>,
     subjects: Subjects,
     instance: Arc<str>,
     outgoing: mpsc::Sender<Outgoing>,
     /// Topics whose interest may have changed; the manager re-checks each.
-    interest: mpsc::UnboundedSender<Topic>,
+    interest: mpsc::UnboundedSender<Interest>,
 }
 
 /// Connects to NATS. Returns at once: the first connection is retried in the
@@ -106,8 +124,10 @@ pub async fn connect(
     url: &str,
     instance: &str,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<async_nats::Client> {
+) -> anyhow::Result<NatsConnection> {
     let connected = metrics.bus_connected.clone();
+    let connected_once = Arc::new(AtomicBool::new(false));
+    let first = connected_once.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("switchboard-server {instance}"))
         .no_echo()
@@ -117,12 +137,13 @@ pub async fn connect(
             Duration::from_millis((100 * attempts as u64).min(2000))
         })
         .event_callback(move |event| {
-            let connected = connected.clone();
+            let (connected, first) = (connected.clone(), first.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         info!("connected to NATS");
                         connected.set(1);
+                        first.store(true, Ordering::Release);
                     }
                     async_nats::Event::Disconnected => {
                         warn!("disconnected from NATS; local delivery goes on");
@@ -134,13 +155,16 @@ pub async fn connect(
         })
         .connect(url)
         .await?;
-    Ok(client)
+    Ok(NatsConnection {
+        client,
+        connected_once,
+    })
 }
 
 impl NatsBus {
     /// Starts the bus's tasks on the current runtime.
     pub fn start(
-        client: async_nats::Client,
+        connection: NatsConnection,
         app: &CompiledApp,
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
@@ -153,6 +177,7 @@ impl NatsBus {
             .and_then(|n| n.subject_prefix.clone())
             .unwrap_or_else(|| "sb".to_owned());
         let subjects = Subjects::new(&prefix, &app.namespace, &app.name);
+        let client = connection.client;
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
         let (interest, interest_rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(client.clone(), outgoing_rx, metrics.clone()));
@@ -170,6 +195,7 @@ impl NatsBus {
         ));
         Arc::new(Self {
             client,
+            connected_once: connection.connected_once,
             registry,
             metrics,
             subjects,
@@ -211,12 +237,32 @@ impl Bus for NatsBus {
         });
     }
 
-    fn topic_active(&self, topic: &Topic) {
-        let _ = self.interest.send(topic.clone());
+    fn topic_active(&self, topic: &Topic) -> Option<SubscribedFuture> {
+        let topic = topic.clone();
+        // Disconnected, a confirmation would wait for the reconnect: local delivery
+        // goes on meanwhile and the subscription follows on reconnect.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            let _ = self.interest.send(Interest {
+                topic,
+                confirmed: None,
+            });
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = self.interest.send(Interest {
+            topic,
+            confirmed: Some(tx),
+        });
+        Some(Box::pin(async move {
+            let _ = rx.await;
+        }))
     }
 
     fn topic_inactive(&self, topic: &Topic) {
-        let _ = self.interest.send(topic.clone());
+        let _ = self.interest.send(Interest {
+            topic: topic.clone(),
+            confirmed: None,
+        });
     }
 
     fn request(
@@ -265,6 +311,10 @@ impl Bus for NatsBus {
             }
         })
     }
+
+    fn is_ready(&self) -> bool {
+        self.connected_once.load(Ordering::Acquire)
+    }
 }
 
 async fn publish_loop(
@@ -289,10 +339,10 @@ async fn interest_loop(
     subjects: Subjects,
     registry: Arc<TopicRegistry>,
     inbound: Arc<Inbound>,
-    mut rx: mpsc::UnboundedReceiver<Topic>,
+    mut rx: mpsc::UnboundedReceiver<Interest>,
 ) {
     let mut active: HashMap<Topic, JoinHandle<()>> = HashMap::new();
-    while let Some(topic) = rx.recv().await {
+    while let Some(Interest { topic, confirmed }) = rx.recv().await {
         let wanted = registry.subscriber_count(&topic) > 0;
         match (wanted, active.contains_key(&topic)) {
             (true, false) => match client.subscribe(subjects.topic(&topic)).await {
@@ -316,6 +366,11 @@ async fn interest_loop(
             _ => {}
         }
         inbound.metrics.bus_subscriptions.set(active.len() as i64);
+        // Requests are handled in order, so this follows the SUB (and its round trip)
+        // of whichever request made the topic active.
+        if let Some(tx) = confirmed {
+            let _ = tx.send(());
+        }
     }
 }
 

@@ -1,26 +1,15 @@
-//! A real server on an ephemeral loopback port and real WebSocket clients over TCP.
-//!
-//! The clients use tokio-tungstenite, an implementation independent of the server's
-//! fastwebsockets, so the tests also check that we speak standard WebSocket.
+//! A real server on an ephemeral loopback port, and the app, tokens and assertions the
+//! gateway tests share. The WebSocket client, nats-server and admin-port helpers come
+//! from the workspace's shared harness (`switchboard-tests`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard_server::{Server, ServerConfig, Shutdown};
-pub use switchboard_tests::{NatsServer, http_get, metric};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::Request;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-/// How long a test waits for a frame it expects.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub use switchboard_tests::{Client, NatsServer, Refused, WAIT, http_get, metric};
 
 pub const JWT_SECRET: &[u8] = b"test-secret-0123456789";
 
@@ -126,6 +115,17 @@ impl TestServer {
 
     /// A replica named `instance` using the NATS server at `nats_url`.
     pub async fn start_on(yaml: &str, nats_url: Option<&str>, instance: &str) -> Self {
+        Self::start_with_secrets(yaml, nats_url, instance, &[]).await
+    }
+
+    /// Like `start_on`, with more Secret keys mounted the way the operator mounts them
+    /// (`<secrets-dir>/<secret name>/<key>`), beside the test app's own.
+    pub async fn start_with_secrets(
+        yaml: &str,
+        nats_url: Option<&str>,
+        instance: &str,
+        extra: &[(&str, &str, &[u8])],
+    ) -> Self {
         let secrets = std::env::temp_dir().join(format!(
             "sb-test-{}-{:x}",
             std::process::id(),
@@ -137,6 +137,10 @@ impl TestServer {
         let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         for f in ["ed25519-public.pem", "ec-public.pem"] {
             std::fs::copy(fixtures.join(f), secrets.join("keys").join(f)).unwrap();
+        }
+        for (name, key, value) in extra {
+            std::fs::create_dir_all(secrets.join(name)).unwrap();
+            std::fs::write(secrets.join(name).join(key), value).unwrap();
         }
         let app =
             switchboard_spec::load(yaml).unwrap_or_else(|e| panic!("test app is invalid: {e}"));
@@ -230,175 +234,6 @@ pub fn claims(sub: &str, ttl: u64) -> Value {
     json!({"sub": sub, "iss": "https://auth.test", "aud": "test", "exp": now() + ttl, "roles": []})
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-pub struct Client {
-    ws: Ws,
-    /// The `$ws:open` frame's payload.
-    pub open: Value,
-    /// Response headers of the upgrade.
-    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
-}
-
-/// How an upgrade attempt ended without a WebSocket.
-#[derive(Debug)]
-pub struct Refused {
-    pub status: u16,
-    pub body: String,
-}
-
-impl Client {
-    pub async fn connect(url: &str) -> Self {
-        Self::connect_request(url.into_client_request().unwrap())
-            .await
-            .unwrap_or_else(|r| panic!("upgrade refused: {r:?}"))
-    }
-
-    pub async fn connect_request(req: Request<()>) -> Result<Self, Refused> {
-        let (ws, response) =
-            match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
-                Ok(Ok(ok)) => ok,
-                Ok(Err(WsError::Http(r))) => {
-                    return Err(Refused {
-                        status: r.status().as_u16(),
-                        body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-                            .into_owned(),
-                    });
-                }
-                Ok(Err(e)) => panic!("connect failed: {e}"),
-                Err(_) => panic!("connect timed out"),
-            };
-        let mut client = Self {
-            ws,
-            open: Value::Null,
-            headers: response.headers().clone(),
-        };
-        let open = client.recv().await;
-        assert_eq!(
-            open["type"], "$ws:open",
-            "first frame must be $ws:open: {open}"
-        );
-        client.open = open["payload"].clone();
-        Ok(client)
-    }
-
-    pub async fn send(&mut self, frame: Value) {
-        self.send_text(&frame.to_string()).await;
-    }
-
-    pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    pub async fn send_message(&mut self, m: Message) {
-        self.ws.send(m).await.unwrap();
-    }
-
-    /// Sends `{type, meta: {correlationId}, payload}`.
-    pub async fn call(
-        &mut self,
-        message_type: &str,
-        correlation_id: &str,
-        payload: Value,
-    ) -> Value {
-        self.send(json!({"type": message_type, "meta": {"correlationId": correlation_id}, "payload": payload}))
-            .await;
-        self.recv().await
-    }
-
-    /// Sends without a correlation id (no ack expected).
-    pub async fn tell(&mut self, message_type: &str, payload: Value) {
-        self.send(json!({"type": message_type, "payload": payload}))
-            .await;
-    }
-
-    /// The next data frame, parsed. Panics on close or silence.
-    pub async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no frame within the wait")
-                .expect("connection ended")
-                .expect("read failed");
-            match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next data frame if one arrives within `within`.
-    pub async fn try_recv(&mut self, within: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// Every data frame until the server closes, and the close code.
-    pub async fn frames_until_close(&mut self, within: Duration) -> (Vec<Value>, u16) {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut frames = Vec::new();
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("the server did not close in time; got {frames:?}"));
-            match msg {
-                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
-                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
-                    return (frames, code.into());
-                }
-                Some(Ok(Message::Close(None))) => return (frames, 1005),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed instead of closing: {e}; got {frames:?}"),
-                None => panic!("connection ended without a close frame; got {frames:?}"),
-            }
-        }
-    }
-
-    /// Expects the server to close; returns the close code.
-    pub async fn expect_close(&mut self, within: Duration) -> u16 {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("the server did not close in time");
-            match msg {
-                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => return code.into(),
-                Some(Ok(Message::Close(None))) => return 1005,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
-                None => panic!("connection ended without a close frame"),
-            }
-        }
-    }
-
-    /// Asserts nothing but control frames arrive for `d`.
-    pub async fn expect_silence(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected silence, got {other:?}"),
-            }
-        }
-    }
-
-    /// A round trip proving the connection is open and in order.
-    pub async fn assert_alive(&mut self) {
-        let r = self.call("__heartbeat", "alive", json!({})).await;
-        assert_eq!(r["type"], "__heartbeat_ack", "{r}");
-        assert_eq!(r["meta"]["correlationId"], "alive");
-    }
-}
-
 /// Asserts an error frame: type, code, and correlation id.
 pub fn assert_error(frame: &Value, error_type: &str, code: &str, correlation_id: Option<&str>) {
     assert_eq!(frame["type"], error_type, "{frame}");
@@ -415,4 +250,3 @@ pub fn assert_error(frame: &Value, error_type: &str, code: &str, correlation_id:
         None => assert!(frame["meta"].get("correlationId").is_none(), "{frame}"),
     }
 }
-

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod drain;
+mod examples;
 mod harness;
 mod heartbeat;
 mod limits;

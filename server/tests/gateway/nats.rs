@@ -387,3 +387,50 @@ async fn topic_values_never_reach_a_nats_wildcard_or_another_apps_subjects() {
         s.stop().await;
     }
 }
+
+/// A replica is not ready before its first NATS connection: a client it took then would
+/// be cut off from every other replica.
+#[tokio::test]
+async fn a_replica_is_ready_only_once_nats_has_answered() {
+    let mut nats = NatsServer::start().await;
+    nats.kill().await;
+    let late = TestServer::start_on(TEST_APP, Some(&nats.url()), "late").await;
+    let (status, body) = late.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("NATS"), "{body}");
+    nats.restart().await;
+    wait_for_metric(&late, "switchboard_bus_connected", 1.0).await;
+    assert_eq!(late.admin_get("/readyz").await.0, 200);
+    // A later outage does not unready it: local delivery goes on.
+    nats.kill().await;
+    wait_for_metric(&late, "switchboard_bus_connected", 0.0).await;
+    assert_eq!(late.admin_get("/readyz").await.0, 200);
+}
+
+/// A subscribe's ack promises that publishes from every replica reach the client from
+/// then on: no waiting on NATS in between, for many fresh topics in a row.
+#[tokio::test]
+async fn an_ack_of_a_join_means_other_replicas_reach_the_member() {
+    let nats = NatsServer::start().await;
+    let servers = cluster(&nats, &["a", "b"]).await;
+    let mut speaker = servers[0].client().await;
+    let mut member = servers[1].client().await;
+    for i in 0..20 {
+        let room = format!("fresh-{i}");
+        let ack = speaker.call("JOIN", "s", json!({"roomId": room})).await;
+        assert_eq!(ack["type"], "$ws:ack", "{ack}");
+        let ack = member.call("JOIN", "m", json!({"roomId": room})).await;
+        assert_eq!(ack["type"], "$ws:ack", "{ack}");
+        speaker
+            .tell("SAY", json!({"roomId": room, "text": "now"}))
+            .await;
+        assert_eq!(speaker.recv().await["type"], "SAID");
+        let m = member.recv().await;
+        assert_eq!(m["meta"]["topic"], format!("room:{room}"), "{m}");
+        // (A connection may hold 3 subscriptions in the test app.)
+        for c in [&mut speaker, &mut member] {
+            let ack = c.call("LEAVE", "l", json!({"roomId": room})).await;
+            assert_eq!(ack["type"], "$ws:ack", "{ack}");
+        }
+    }
+}
