@@ -11,9 +11,12 @@
 #                                     the cluster the way a user does)
 #   etcd                     v3.6.8   built from go.etcd.io/etcd/server/v3 via hack/etcd
 #   helm                     v3.21.4  go install helm.sh/helm/v3/cmd/helm@v3.21.4
+#   jaeger                   v2.13.0  (Go module version v1.76.0) built from
+#                                     github.com/jaegertracing/jaeger/cmd/jaeger via
+#                                     hack/jaeger: its go.mod has a replace directive,
+#                                     which `go install pkg@version` refuses
 #
-# Later tiers add their tools here (jaeger), each pinned the same way. The Go builds
-# take several minutes on a cold cache; afterwards this is instant.
+# The Go builds take several minutes on a cold cache; afterwards this is instant.
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHBOARD_TOOLS_DIR:-$HOME/.cache/switchboard/tools}"
@@ -104,6 +107,20 @@ install_helm() {
   touch "$stamp"
 }
 
+JAEGER_MODULE_VERSION=v1.76.0
+
+install_jaeger() {
+  local stamp="$BIN/.jaeger-$JAEGER_MODULE_VERSION"
+  if [[ -x "$BIN/jaeger" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building jaeger (module $JAEGER_MODULE_VERSION; several minutes, once)" >&2
+  (cd "$HACK/jaeger" && go build -trimpath -ldflags "-s -w" -o "$BIN/jaeger" \
+    github.com/jaegertracing/jaeger/cmd/jaeger) >&2
+  rm -f "$BIN"/.jaeger-*
+  touch "$stamp"
+}
+
 install_etcd() {
   local stamp="$BIN/.etcd-$ETCD_VERSION"
   if [[ -x "$BIN/etcd" && -f "$stamp" ]]; then
@@ -120,6 +137,7 @@ install_etcd
 install_kube
 install_kubectl
 install_helm
+install_jaeger
 "$BIN/etcd" --version | head -1 >&2
 "$BIN/kube-apiserver" --version >&2
 "$BIN/kubectl" version --client >&2

@@ -133,6 +133,8 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Cancell
     namespace = app.namespace().as_deref().unwrap_or("default"),
     generation = app.metadata.generation,
     outcome = tracing::field::Empty,
+    otel.status_code = tracing::field::Empty,
+    otel.status_message = tracing::field::Empty,
 ))]
 pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -141,6 +143,9 @@ pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Actio
         Ok((outcome, _)) => *outcome,
         Err(e) => {
             ctx.metrics.failed(e.kind());
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", e.to_string());
             Outcome::Failed
         }
     };
@@ -433,6 +438,7 @@ impl<K> Owned for K where
 }
 
 /// Server-side apply with the operator's one field manager.
+#[tracing::instrument(skip_all, fields(kind = K::kind(&()).as_ref(), name = name))]
 async fn apply<K>(client: &Client, namespace: &str, name: &str, object: &K) -> Result<(), Error>
 where
     K: Owned,
@@ -448,6 +454,7 @@ where
 }
 
 /// Applies `object`, or deletes the one of that name when it is no longer wanted.
+#[tracing::instrument(skip_all, fields(kind = K::kind(&()).as_ref(), name = name, wanted = object.is_some()))]
 async fn apply_or_delete<K>(
     client: &Client,
     namespace: &str,

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use switchboard_operator::controller::{self, Context};
 use switchboard_operator::leader::{self, LeaderElector, LeaseConfig};
 use switchboard_operator::resources::Defaults;
-use switchboard_ops::{admin, logging};
+use switchboard_ops::{admin, telemetry};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    logging::init_logging();
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "switchboard-operator".into());
+    // The reconcile span is log context too, so it keeps the crate's own target.
+    let telemetry = telemetry::init("switchboard-operator", &instance, &["switchboard_operator"])?;
+    let result = operate(args, instance).await;
+    // In-flight reconciles have finished: their spans reach the collector.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn operate(args: RunArgs, instance: String) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
@@ -99,10 +112,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let otel_env = std::env::vars()
         .filter(|(k, _)| k.starts_with("OTEL_"))
         .collect();
-    let instance = args
-        .instance
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "switchboard-operator".into());
     let ctx = Arc::new(Context::new(
         client.clone(),
         Defaults {

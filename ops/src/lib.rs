@@ -1,6 +1,7 @@
 //! What both binaries (`switchboard-server`, `switchboard-operator`) share for being
 //! operated: one admin listener shape (`/healthz`, `/readyz`, `/metrics`) and one
-//! logging setup, so probes, scrapes and log pipelines treat them alike.
+//! telemetry setup (logs, and OTLP traces from the standard `OTEL_*` environment), so
+//! probes, scrapes, log pipelines and trace backends treat them alike.
 
 pub mod admin;
-pub mod logging;
+pub mod telemetry;

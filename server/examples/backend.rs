@@ -87,7 +87,8 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot subscribe to {evt_subject}"))?;
 
-    // A round trip, so the server has both subscriptions before we say we are ready.
+    // Sends both SUBs now rather than with the next write (flush is not a server round
+    // trip: a request arriving in the next instant may still find no responder).
     client.flush().await.context("cannot flush to NATS")?;
     println!(
         "answering {rpc_subject} (queue group {PROFILE_QUEUE_GROUP}), listening on {evt_subject}"

@@ -78,7 +78,8 @@ async fn main() -> Result<()> {
         .queue_subscribe(list_subject.clone(), QUEUE_GROUP.to_owned())
         .await
         .with_context(|| format!("cannot subscribe to {list_subject}"))?;
-    // A round trip, so the NATS server has both subscriptions before we print "ready".
+    // Sends both SUBs now rather than with the next write (flush is not a server round
+    // trip: a request arriving in the next instant may still find no responder).
     client.flush().await.context("cannot flush to NATS")?;
     println!("answering {get_subject} and {list_subject} (queue group {QUEUE_GROUP})");
 

@@ -189,6 +189,7 @@ fn upgrade(
         ),
         state.abort_all.child_token(),
     ));
+    let (handle_id, authed_user) = (handle.id.clone(), authed.identity.user_id.clone());
     let session = Session {
         handle,
         user_id: Arc::from(authed.identity.user_id.as_str()),
@@ -197,6 +198,15 @@ fn upgrade(
         subscriptions: HashSet::new(),
         buckets: ConnectionBuckets::default(),
         liveness: Arc::new(Liveness::new(authed.expires_at)),
+        span: tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            parent: None,
+            "ws.connection",
+            connection.id = %handle_id,
+            user.id = %authed_user,
+            peer = %peer,
+            instance = %state.instance,
+        ),
     };
     let state = state.clone();
     state.tasks.clone().spawn(async move {

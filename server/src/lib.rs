@@ -24,6 +24,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod topics;
+pub mod trace;
 
 pub use config::{Cli, ServerConfig};
 pub use server::Server;

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchboard_ops::logging;
+use switchboard_ops::telemetry;
 use switchboard_server::{Cli, Server, ServerConfig, Shutdown};
 
 /// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
@@ -28,7 +28,20 @@ fn main() -> ExitCode {
 
 async fn serve() -> ExitCode {
     let cli = Cli::parse();
-    logging::init_logging();
+    let telemetry = match telemetry::init("switchboard-server", &cli.instance_name(), &[]) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let code = serve_with(cli).await;
+    // After the drain: the last spans of this pod reach the collector.
+    telemetry.shutdown().await;
+    code
+}
+
+async fn serve_with(cli: Cli) -> ExitCode {
     let (source, yaml) = match cli.app_source() {
         Ok(s) => s,
         Err(e) => {

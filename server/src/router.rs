@@ -20,6 +20,8 @@ use crate::liveness::Liveness;
 use crate::protocol::{self, ErrorCode, Inbound, OutMeta, Rejection};
 use crate::ratelimit::{Caller, ConnectionBuckets};
 use crate::state::AppState;
+use crate::trace::{self, SPAN_TARGET};
+use tracing::Instrument as _;
 
 /// Most validation errors reported for one message.
 const MAX_REPORTED_ERRORS: usize = 10;
@@ -34,6 +36,10 @@ pub struct Session {
     pub subscriptions: HashSet<Topic>,
     pub buckets: ConnectionBuckets,
     pub liveness: Arc<Liveness>,
+    /// The exported `ws.connection` span (disabled with export off). Message spans link
+    /// to it rather than nest in it, so a long connection does not become one endless
+    /// trace.
+    pub span: tracing::Span,
 }
 
 /// A refused message and the frame type to refuse it with.
@@ -69,7 +75,29 @@ pub fn handle_text(state: &Arc<AppState>, session: &mut Session, text: &[u8]) {
     };
     let counters = state.metrics.for_type(&msg.message_type);
     counters.received.inc();
-    if let Err(refused) = dispatch(state, session, &msg) {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        parent: None,
+        "ws.message",
+        message.type = %msg.message_type,
+        connection.id = %session.handle.id,
+        instance = %state.instance,
+        outcome = tracing::field::Empty,
+        error.code = tracing::field::Empty,
+    );
+    trace::continue_from(&span, msg.traceparent.as_deref(), None);
+    span.follows_from(&session.span);
+    let _entered = span.enter();
+    let result = dispatch(state, session, &msg);
+    span.record(
+        "outcome",
+        match &result {
+            Ok(()) => "ok",
+            Err(_) => "refused",
+        },
+    );
+    if let Err(refused) = result {
+        span.record("error.code", refused.rejection.code.as_str());
         if refused.rejection.code == ErrorCode::InvalidArgument
             && refused.rejection.details.is_some()
         {
@@ -401,6 +429,8 @@ fn publish(
 ) -> Result<(), Rejection> {
     let topic = render(template, session, msg)?;
     check_access(state, session, &topic, true)?;
+    let span = tracing::info_span!(target: SPAN_TARGET, "publish", topic = %topic, emit = emit);
+    let _entered = span.enter();
     // Encoded once; every recipient on every replica gets these bytes.
     let frame = protocol::encode(
         emit,
@@ -434,17 +464,28 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
         return;
     };
     let started = Instant::now();
-    let pending = state.bus.request(
-        subject,
-        Bytes::from(msg.payload.to_string()),
-        &session.identity,
-        *timeout,
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "rpc.request",
+        rpc.subject = %subject,
+        outcome = tracing::field::Empty,
     );
+    // Entered while the bus builds the request, which carries this span's context to
+    // the backend.
+    let pending = span.in_scope(|| {
+        state.bus.request(
+            subject,
+            Bytes::from(msg.payload.to_string()),
+            &session.identity,
+            *timeout,
+        )
+    });
     let state = state.clone();
     let handle = session.handle.clone();
     let correlation_id = msg.correlation_id.clone();
     handle.rpc_started();
-    state.tasks.clone().spawn(async move {
+    let (task_span, tasks) = (span.clone(), state.tasks.clone());
+    let task = async move {
         let answer = match pending.await {
             Ok(reply) => rpc_reply(&route, correlation_id.as_deref(), &reply),
             Err(e @ RpcError::Timeout(_)) => Err((rpc_rejection(&e), "timeout")),
@@ -452,11 +493,13 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
         };
         let frame = match answer {
             Ok((frame, reply_type)) => {
+                span.record("outcome", "ok");
                 state.metrics.rpc("ok", started.elapsed());
                 state.metrics.sent(reply_type, 1);
                 frame
             }
             Err((r, outcome)) => {
+                span.record("outcome", outcome);
                 state.metrics.rpc(outcome, started.elapsed());
                 state.metrics.error(r.code);
                 state.metrics.sent(protocol::RPC_ERROR_TYPE, 1);
@@ -465,7 +508,8 @@ fn request(state: &Arc<AppState>, session: &Session, msg: &Inbound, route: Arc<C
         };
         handle.send(frame, &state.metrics);
         handle.rpc_finished();
-    });
+    };
+    tasks.spawn(task.instrument(task_span));
 }
 
 /// A refused request and its outcome label for `switchboard_rpc_requests_total`.

@@ -104,7 +104,7 @@ impl switchboard_ops::admin::AdminState for AppState {
 /// The app's metrics: per-type counters for its declared route types and for every
 /// type the server can send (system frames, errors, acks, emit and reply types).
 pub fn metrics_for(app: &CompiledApp) -> Metrics {
-    Metrics::new(app.routes.keys().map(String::as_str), sent_types(app))
+    Metrics::new(app.routes.keys().map(String::as_str), sent_types(app)).with_app(app)
 }
 
 /// Every type the server can send for this app, so metrics count each without a lookup lock.

@@ -13,6 +13,7 @@ use switchboard_spec::Topic;
 use crate::bus::Delivery;
 use crate::handle::ConnectionHandle;
 use crate::metrics::Metrics;
+use crate::trace::SPAN_TARGET;
 
 type Subscribers = Arc<[Arc<ConnectionHandle>]>;
 
@@ -82,7 +83,15 @@ impl TopicRegistry {
         let Some(subscribers) = self.topics.get(&delivery.topic).map(|s| s.clone()) else {
             return 0;
         };
-        let mut queued = 0;
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "deliver",
+            topic = %delivery.topic,
+            recipients = tracing::field::Empty,
+            dropped = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let (mut queued, mut dropped) = (0, 0);
         for handle in subscribers.iter() {
             if delivery
                 .exclude
@@ -93,8 +102,12 @@ impl TopicRegistry {
             }
             if handle.deliver(&delivery.frame, delivery.published_at, &self.metrics) {
                 queued += 1;
+            } else {
+                dropped += 1;
             }
         }
+        span.record("recipients", queued);
+        span.record("dropped", dropped);
         self.metrics.fanout_recipients.observe(queued as f64);
         self.metrics.sent(&delivery.message_type, queued as u64);
         queued

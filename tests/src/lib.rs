@@ -1,10 +1,11 @@
 //! Shared harness for Switchboard's tests on real components: a control plane of real
-//! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), a WebSocket [`Client`], and small helpers
+//! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), a WebSocket [`Client`], a real Jaeger ([`Jaeger`]), and small helpers
 //! for polling, the admin port and finding the workspace's binaries.
 
 mod client;
 mod control_plane;
 mod http;
+mod jaeger;
 mod nats;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 pub use client::{Client, Refused, WAIT};
 pub use control_plane::{ControlPlane, run_tool};
 pub use http::{http_get, metric};
+pub use jaeger::Jaeger;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 pub use nats::NatsServer;

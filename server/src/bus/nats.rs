@@ -9,7 +9,7 @@
 //! subscribers. Changes go through one manager task that re-reads the registry before
 //! acting, so a subscribe racing an unsubscribe on the same topic always settles on
 //! what the registry holds. A client's subscribe is acknowledged only after the
-//! manager has the NATS subscription confirmed by a round trip, so an ack means
+//! manager has the NATS subscription confirmed by a server round trip, so an ack means
 //! "publishes from every replica reach you from now on". Publishes go through a bounded queue to one publisher task:
 //! a publisher never waits on NATS, and what cannot be handed over is counted.
 //! The connection uses `no_echo`, so a replica's own publishes come back only through
@@ -33,6 +33,7 @@ use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture};
 use crate::metrics::Metrics;
 use crate::protocol::{self, OutMeta};
 use crate::topics::TopicRegistry;
+use crate::trace::{self, SPAN_TARGET};
 
 /// Header names on bus messages.
 pub mod header {
@@ -224,12 +225,14 @@ impl NatsBus {
 impl Bus for NatsBus {
     fn publish(&self, delivery: Delivery) {
         self.registry.fan_out(&delivery);
+        let span = tracing::info_span!(target: SPAN_TARGET, "bus.publish", topic = %delivery.topic);
         let mut headers = HeaderMap::new();
         headers.insert(header::ORIGIN, &*self.instance);
         headers.insert(header::TYPE, &*delivery.message_type);
         if let Some(exclude) = &delivery.exclude {
             headers.insert(header::EXCLUDE, &**exclude);
         }
+        insert_trace_context(&mut headers, &span);
         let _ = self.enqueue(Outgoing {
             subject: self.subjects.topic(&delivery.topic),
             headers,
@@ -274,7 +277,9 @@ impl Bus for NatsBus {
     ) -> RpcFuture {
         let client = self.client.clone();
         let subject = self.subjects.rpc(subject);
-        let headers = self.identity_headers(identity);
+        let mut headers = self.identity_headers(identity);
+        // The caller's `rpc.request` span: the backend's spans continue it.
+        insert_trace_context(&mut headers, &tracing::Span::current());
         Box::pin(async move {
             let request = async_nats::Request::new()
                 .payload(payload)
@@ -347,11 +352,9 @@ async fn interest_loop(
         match (wanted, active.contains_key(&topic)) {
             (true, false) => match client.subscribe(subjects.topic(&topic)).await {
                 Ok(sub) => {
-                    // A round trip, so the server has the SUB before we count it as
-                    // active: publishes from other replicas reach us from then on.
-                    if let Err(e) = client.flush().await {
-                        debug!(%topic, error = %e, "flush after subscribe");
-                    }
+                    // The server must have the SUB before we count it as active (and
+                    // confirm it): publishes from other replicas reach us from then on.
+                    round_trip(&client).await;
                     let task = tokio::spawn(read_topic(topic.clone(), sub, inbound.clone()));
                     active.insert(topic, task);
                 }
@@ -371,6 +374,23 @@ async fn interest_loop(
         if let Some(tx) = confirmed {
             let _ = tx.send(());
         }
+    }
+}
+
+/// How long the interest manager waits for the server's answer to its round trip.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the server has processed everything this client sent before. The server
+/// handles one connection's operations in order, so its answer to a request sent now
+/// comes after it registered earlier SUBs. (`Client::flush` only writes our buffer to
+/// the socket.) The request goes to a fresh inbox nobody listens on: the answer is the
+/// server's own "no responders".
+async fn round_trip(client: &async_nats::Client) {
+    let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
+    match client.send_request(client.new_inbox(), request).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        Err(e) => debug!(error = %e, "NATS round trip"),
     }
 }
 
@@ -400,6 +420,16 @@ async fn read_topic(topic: Topic, mut sub: Subscriber, inbound: Arc<Inbound>) {
     }
 }
 
+/// Puts `span`'s W3C trace context into NATS headers (nothing when tracing is off).
+fn insert_trace_context(headers: &mut HeaderMap, span: &tracing::Span) {
+    if let Some((traceparent, tracestate)) = trace::context_of(span) {
+        headers.insert(trace::TRACEPARENT, traceparent.as_str());
+        if let Some(state) = tracestate {
+            headers.insert(trace::TRACESTATE, state.as_str());
+        }
+    }
+}
+
 impl Inbound {
     fn handle(&self, topic: &Topic, msg: async_nats::Message) {
         let header = |name: &str| {
@@ -408,7 +438,25 @@ impl Inbound {
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
-        let delivery = if header(header::ORIGIN).is_some() {
+        let origin = header(header::ORIGIN);
+        // A root here unless the publisher (replica or backend) sent its context.
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "bus.receive",
+            topic = %topic,
+            source = if origin.is_some() { "replica" } else { "backend" },
+            origin = origin.as_deref().unwrap_or(""),
+        );
+        if !span.is_disabled() {
+            trace::continue_from(
+                &span,
+                header(trace::TRACEPARENT).as_deref(),
+                header(trace::TRACESTATE).as_deref(),
+            );
+        }
+        let _entered = span.enter();
+        let delivery = if origin.is_some() {
             self.metrics.bus_received("replica");
             Delivery {
                 topic: topic.clone(),
