@@ -69,6 +69,39 @@ async fn bad_values_fail_at_install_with_the_field_named() {
     }
 }
 
+#[tokio::test]
+async fn a_pod_monitor_scrapes_the_app_pods_when_asked() -> anyhow::Result<()> {
+    let off = run_tool("helm", &["template", "sb", CHART]).await?;
+    assert!(!off.contains("kind: PodMonitor"));
+    let on = run_tool(
+        "helm",
+        &[
+            "template",
+            "sb",
+            CHART,
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "watchNamespaces={shop}",
+        ],
+    )
+    .await?;
+    let monitor = on
+        .split("\n---")
+        .find(|doc| doc.contains("kind: PodMonitor"))
+        .expect("a PodMonitor");
+    // The labels the operator puts on every server pod, and the admin port's name.
+    for line in [
+        "app.kubernetes.io/name: switchboard-server",
+        "app.kubernetes.io/managed-by: switchboard-operator",
+        "- shop",
+        "port: admin",
+    ] {
+        assert!(monitor.contains(line), "{line} missing:\n{monitor}");
+    }
+    Ok(())
+}
+
 /// Objects the release made, by its instance label.
 async fn released<K>(client: &kube::Client) -> anyhow::Result<usize>
 where
