@@ -49,6 +49,7 @@ COPY ops/ ops/
 COPY server/ server/
 COPY operator/ operator/
 COPY tests/ tests/
+COPY bench/ bench/
 # The example chat app is compiled into both crates (include_str!): the server serves
 # it when started without --app.
 COPY manifests/examples/chat.yaml manifests/examples/chat.yaml

@@ -1,0 +1,79 @@
+//! `switchboard-loadgen`: load generator for Switchboard's benchmarks.
+//!
+//! ```text
+//! switchboard-loadgen fanout --url ws://127.0.0.1:8080/ws --subscribers 1000 --rate 200 --duration 10
+//! ```
+//!
+//! Prints one JSON line with the figures on stdout and a summary on stderr. Exit code:
+//! 0 when deliveries are complete (within `--max-loss`), 1 when they are not or the run
+//! failed, 2 for bad arguments (including a URL that is not loopback without
+//! `--allow-remote`). See bench/README.md.
+
+mod fanout;
+mod hist;
+mod ws;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "switchboard-loadgen", version, about)]
+/// Load generator for Switchboard's benchmarks (loopback targets only, unless
+/// --allow-remote).
+struct Cli {
+    /// Tokio worker threads [default: one per CPU].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N subscribers join one room; one publisher sends into it at a fixed rate; every
+    /// delivery is counted and timed.
+    Fanout(fanout::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.scenario {
+            Scenario::Fanout(args) => fanout::run(args).await,
+        }
+    });
+    // Connections still open are dropped with the runtime.
+    rt.shutdown_background();
+    match result {
+        Ok((report, ok)) => {
+            eprint!("{}", fanout::summary(&report));
+            println!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) if e.is::<fanout::UsageError>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
