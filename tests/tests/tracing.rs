@@ -2,7 +2,7 @@
 //! `traceparent` on replica A, a subscriber on replica B receives it, an RPC goes to a
 //! backend that continues the trace; Jaeger's query API then shows every span, their
 //! parent links and both instances. And the operator's reconcile span, with a child per
-//! applied object.
+//! applied object, exported over OTLP/HTTP.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -284,6 +284,9 @@ async fn the_operator_exports_a_span_per_reconcile() -> anyhow::Result<()> {
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("POD_NAME", "operator-0")
         .envs(otel_env(&jaeger))
+        // The HTTP option (the replicas above use gRPC).
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp_http)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
