@@ -186,10 +186,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        switchboard_ops::admin::encode_registry(&self.registry)
     }
 }
 
@@ -213,10 +210,7 @@ impl switchboard_ops::admin::AdminState for Metrics {
 mod tests {
     use super::*;
 
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use switchboard_tests::metric as value;
 
     #[test]
     fn every_series_is_exported_before_its_first_event() {

@@ -30,6 +30,14 @@ pub trait AdminState: Send + Sync + 'static {
     fn encode_metrics(&self) -> String;
 }
 
+/// The OpenMetrics text exposition of `registry`, as both binaries serve it.
+pub fn encode_registry(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// Serves admin requests until `stop` is cancelled.
 pub async fn accept_loop<S: AdminState>(
     listener: TcpListener,

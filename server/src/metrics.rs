@@ -574,10 +574,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        switchboard_ops::admin::encode_registry(&self.registry)
     }
 }
 
@@ -586,10 +583,7 @@ mod tests {
     use super::*;
     use crate::config::EXAMPLE_APP;
 
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use switchboard_tests::metric as value;
 
     #[test]
     fn every_bounded_series_is_exported_at_zero_before_its_first_event() {

@@ -49,6 +49,22 @@ pub fn cargo_bin(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// An annotation of a Deployment's pod template (the operator's config hash lives there).
+pub fn template_annotation(
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    key: &str,
+) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
 /// The example chat app (`manifests/examples/chat.yaml`), as users apply it.
 pub fn chat_app() -> RealtimeApp {
     let path = concat!(

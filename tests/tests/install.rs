@@ -23,7 +23,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::Api;
 use serde_json::{Value, json};
 use switchboard_operator::resources::CONFIG_HASH_ANNOTATION;
-use switchboard_tests::{Client, ControlPlane, NatsServer, cargo_bin, eventually, http_get};
+use switchboard_tests::{
+    Client, ControlPlane, NatsServer, cargo_bin, eventually, http_get, template_annotation,
+};
 use tokio::process::{Child, Command};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/switchboard");
@@ -138,15 +140,7 @@ async fn patch_chat(cp: &ControlPlane, patch: &str) -> anyhow::Result<()> {
 }
 
 fn config_hash(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(CONFIG_HASH_ANNOTATION)
-        .cloned()
+    template_annotation(d, CONFIG_HASH_ANNOTATION)
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use switchboard_operator::leader::{self, LeaderElector, LeaseConfig};
 use switchboard_operator::metrics::{Metrics, Outcome};
 use switchboard_operator::resources::{CONFIG_HASH_ANNOTATION, Defaults};
 use switchboard_spec::crd::RealtimeApp;
-use switchboard_tests::{ControlPlane, chat_app, eventually, lease_holder};
+use switchboard_tests::{ControlPlane, chat_app, eventually, lease_holder, template_annotation};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -72,15 +72,10 @@ impl Replica {
 }
 
 async fn config_hash(deployments: &Api<Deployment>) -> Option<String> {
-    deployments
-        .get_opt("chat")
-        .await
-        .ok()??
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .remove(CONFIG_HASH_ANNOTATION)
+    template_annotation(
+        &deployments.get_opt("chat").await.ok()??,
+        CONFIG_HASH_ANNOTATION,
+    )
 }
 
 #[tokio::test]

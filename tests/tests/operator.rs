@@ -16,18 +16,10 @@ use serde_json::json;
 use switchboard_operator::controller::{self, Context};
 use switchboard_operator::resources::{CONFIG_HASH_ANNOTATION, Defaults};
 use switchboard_spec::crd::RealtimeApp;
-use switchboard_tests::{ControlPlane, chat_app, eventually};
+use switchboard_tests::{ControlPlane, chat_app, eventually, template_annotation};
 
 fn hash(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(CONFIG_HASH_ANNOTATION)
-        .cloned()
+    template_annotation(d, CONFIG_HASH_ANNOTATION)
 }
 
 fn condition(app: &RealtimeApp, type_: &str) -> Option<(String, String, String)> {
