@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned third-party binaries the tests need into a cache outside the
-# repo, and prints the directory holding them as its last line (contract: DESIGN.md §8).
+# repo, and prints the directory holding them as its last line (a contract: other tooling reads that line).
 # Does nothing for a tool already installed at its pinned version. Everything it
 # prints before the last line goes to stderr.
 #

@@ -138,12 +138,16 @@ async fn read_loop(
                 break;
             }
             Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                handle.queue.close(1000, CloseReason::Client);
+                handle
+                    .queue
+                    .close(protocol::close::NORMAL, CloseReason::Client);
                 break;
             }
             Err(e) => {
                 debug!(error = %e, "protocol error");
-                handle.queue.close(1002, CloseReason::ProtocolError);
+                handle
+                    .queue
+                    .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
                 break;
             }
         };
@@ -174,7 +178,9 @@ async fn read_loop(
                 } else if !is_text {
                     router::handle_binary(state, session);
                 } else if std::str::from_utf8(&buf).is_err() {
-                    handle.queue.close(1007, CloseReason::ProtocolError);
+                    handle
+                        .queue
+                        .close(protocol::close::INVALID_DATA, CloseReason::ProtocolError);
                     break;
                 } else {
                     router::handle_text(state, session, &buf);
@@ -191,20 +197,19 @@ async fn read_loop(
             OpCode::Close => {
                 let code = match payload_bytes(&frame) {
                     [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
-                    _ => 1000,
+                    _ => protocol::close::NORMAL,
                 };
                 // Echo the client's code, as RFC 6455 asks, when it is one we may send.
-                let echo = if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) {
-                    code
-                } else {
-                    1000
-                };
-                handle.queue.close(echo, CloseReason::Client);
+                handle
+                    .queue
+                    .close(protocol::close::echo(code), CloseReason::Client);
                 break;
             }
             _ => {
                 // A continuation with nothing to continue, or a new message mid-fragment.
-                handle.queue.close(1002, CloseReason::ProtocolError);
+                handle
+                    .queue
+                    .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
                 break;
             }
         }

@@ -1,4 +1,4 @@
-//! Wire protocol v1 (DESIGN.md §2): the envelope clients send, the frames the server
+//! Wire protocol v1 (docs/PROTOCOL.md): the envelope clients send, the frames the server
 //! sends, error codes and close codes.
 //!
 //! Everything the server writes is encoded here, once, into [`Bytes`]; connections and
@@ -20,17 +20,41 @@ pub const HEARTBEAT_ACK_TYPE: &str = "__heartbeat_ack";
 /// Longest `meta.correlationId` accepted.
 pub const MAX_CORRELATION_ID: usize = 128;
 
-/// WebSocket close codes (DESIGN.md §2).
+/// Every WebSocket close code the server sends, and nothing else (docs/PROTOCOL.md §7 has
+/// the same table for client authors). No close code is written as a number anywhere else
+/// in the server. 1008, 1011 and 1013 are reserved by the protocol and not sent by this
+/// version: authentication and capacity are refused with HTTP 401 and 503 before the
+/// upgrade instead.
 pub mod close {
+    /// Normal closure; also the default echo of a client's own close.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down, after `$ws:drain`: reconnect elsewhere.
     pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY: u16 = 1008;
+    /// The client broke RFC 6455 framing (a stray continuation, a new message
+    /// mid-fragment, invalid UTF-8 in a single text frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A reassembled fragmented text message that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message larger than `limits.maxPayloadBytes`, fragments counted together.
     pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const OVERLOADED: u16 = 1013;
+    /// No pong within `heartbeat.timeoutSeconds` of a ping.
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// No application message for `limits.idleTimeoutSeconds`.
     pub const IDLE_TIMEOUT: u16 = 4003;
+    /// The outbound queue overflowed under `slowConsumer: disconnect`.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The token's `exp` (plus leeway) passed without a `$ws:auth` refresh.
     pub const TOKEN_EXPIRED: u16 = 4401;
+
+    /// The code to answer a client's close with: its own when RFC 6455 lets an endpoint
+    /// send it (1000–1003, or the registered and private ranges 3000–4999), else 1000.
+    pub fn echo(client_code: u16) -> u16 {
+        if (1000..=1003).contains(&client_code) || (3000..=4999).contains(&client_code) {
+            client_code
+        } else {
+            NORMAL
+        }
+    }
 }
 
 /// Why a connection ended: its close code, close text, and the `reason` label of
@@ -51,13 +75,13 @@ impl CloseReason {
     /// The close code the server sends for it (`Client`: the server echoes the client's).
     pub fn code(self) -> u16 {
         match self {
-            Self::Client => 1000,
+            Self::Client => close::NORMAL,
             Self::HeartbeatTimeout => close::HEARTBEAT_TIMEOUT,
             Self::IdleTimeout => close::IDLE_TIMEOUT,
             Self::SlowConsumer => close::SLOW_CONSUMER,
             Self::TokenExpired => close::TOKEN_EXPIRED,
             Self::TooBig => close::TOO_BIG,
-            Self::ProtocolError => 1002,
+            Self::ProtocolError => close::PROTOCOL_ERROR,
             Self::Shutdown => close::GOING_AWAY,
         }
     }
@@ -284,11 +308,11 @@ pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
 }
 
 #[derive(Serialize)]
-struct OutFrame<'a, P: Serialize> {
+struct OutFrame<'a> {
     #[serde(rename = "type")]
     message_type: &'a str,
     meta: OutMeta<'a>,
-    payload: P,
+    payload: &'a Value,
 }
 
 #[derive(Serialize, Default)]
@@ -303,24 +327,30 @@ pub struct OutMeta<'a> {
     pub timestamp: u64,
 }
 
-/// Encodes one frame. Serializing plain data into a `Vec` cannot fail; an empty frame
-/// would only mean a bug in a `Serialize` impl, and the client would see it as such.
-pub fn encode<P: Serialize>(message_type: &str, meta: OutMeta<'_>, payload: &P) -> Bytes {
+/// What [`encode`] sends if serialization ever failed: a well-formed `ERROR`, never an
+/// empty or truncated frame.
+const UNENCODABLE_FRAME: &[u8] = br#"{"type":"ERROR","meta":{"timestamp":0},"payload":{"code":"INTERNAL","message":"the server could not encode a frame","retryable":false}}"#;
+
+/// Encodes one frame. The payload is a [`serde_json::Value`] on purpose: a `Value` has
+/// only string map keys and finite numbers, and `OutMeta` only strings and integers, so
+/// serializing them into a `Vec` cannot fail. Were that ever broken, the client gets
+/// [`UNENCODABLE_FRAME`] and the log says why, rather than an empty frame.
+pub fn encode(message_type: &str, meta: OutMeta<'_>, payload: &Value) -> Bytes {
     let frame = OutFrame {
         message_type,
         meta,
         payload,
     };
-    serde_json::to_vec(&frame)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    match serde_json::to_vec(&frame) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, message.type = message_type, "could not encode a frame");
+            Bytes::from_static(UNENCODABLE_FRAME)
+        }
+    }
 }
 
-pub fn encode_reply<P: Serialize>(
-    message_type: &str,
-    correlation_id: Option<&str>,
-    payload: &P,
-) -> Bytes {
+pub fn encode_reply(message_type: &str, correlation_id: Option<&str>, payload: &Value) -> Bytes {
     encode(
         message_type,
         OutMeta {
@@ -406,6 +436,42 @@ mod tests {
             "c".repeat(129)
         );
         assert!(parse_inbound(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn every_frame_is_a_complete_envelope() {
+        for payload in [
+            json!(null),
+            json!({"nested": {"list": [1, 2.5, -3, "x", {"\u{0}": true}]}}),
+            json!(u64::MAX),
+            json!("\u{1F600} \"quoted\" \\"),
+        ] {
+            let frame = encode("T", OutMeta::default(), &payload);
+            let v: Value = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(v["type"], "T");
+            assert_eq!(v["payload"], payload);
+        }
+        let fallback: Value = serde_json::from_slice(UNENCODABLE_FRAME).unwrap();
+        assert_eq!(fallback["type"], ERROR_TYPE);
+        assert_eq!(fallback["payload"]["code"], ErrorCode::Internal.as_str());
+    }
+
+    #[test]
+    fn a_client_close_is_echoed_only_with_codes_an_endpoint_may_send() {
+        for (client, echoed) in [
+            (1000, 1000),
+            (1001, 1001),
+            (1003, 1003),
+            (1005, 1000),
+            (1006, 1000),
+            (1015, 1000),
+            (2999, 1000),
+            (3000, 3000),
+            (4999, 4999),
+            (5000, 1000),
+        ] {
+            assert_eq!(close::echo(client), echoed, "{client}");
+        }
     }
 
     #[test]

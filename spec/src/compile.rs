@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::topic::{TemplateVar, TopicPattern, TopicTemplate};
 use crate::types::{AppManifest, RateLimitKey, RealtimeAppSpec, SecretKeyRef, TopicAccess};
 
-/// Longest message `type` (DESIGN.md §2).
+/// Longest message `type` (docs/PROTOCOL.md §2).
 pub const MAX_TYPE_LEN: usize = 128;
 /// Size bounds, shared with the CRD schema (where they keep the apiserver's CEL cost
 /// estimates within budget).

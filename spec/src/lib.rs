@@ -18,7 +18,7 @@ pub use compile::{
 pub use topic::{Identity, RenderError, Topic, TopicError, TopicPattern, TopicTemplate};
 pub use types::*;
 
-/// Reply type of a route without a reply type of its own (DESIGN.md §2).
+/// Reply type of a route without a reply type of its own (docs/PROTOCOL.md §3).
 pub const ACK_TYPE: &str = "$ws:ack";
 /// Type of error frames.
 pub const ERROR_TYPE: &str = "ERROR";

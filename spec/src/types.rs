@@ -1,4 +1,4 @@
-//! The `RealtimeApp` spec as users write it (DESIGN.md §3).
+//! The `RealtimeApp` spec as users write it (README.md, "RealtimeApp spec").
 //!
 //! These types are the *declared* form: they mirror the YAML field by field so that
 //! `kubectl apply` and `switchboard-server --app FILE` read the same document. Nothing

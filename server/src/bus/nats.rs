@@ -1,6 +1,6 @@
 //! The NATS bus: replicas of one app share topics, and backends in any language join.
 //!
-//! Subjects (DESIGN.md §5), with `P` = `<prefix>.<namespace>.<app>`:
+//! Subjects (docs/PROTOCOL.md §8), with `P` = `<prefix>.<namespace>.<app>`:
 //! - `P.t.<topic segments as tokens>`: topic deliveries, between replicas and from backends;
 //! - `P.rpc.<subject>`: requests to backends (which use queue groups);
 //! - `P.evt.<subject>`: fire-and-forget messages to backends.
