@@ -243,11 +243,11 @@ impl JwtVerifier {
             Some(Value::String(s)) => roles.extend(s.split_whitespace().map(str::to_owned)),
             _ => {}
         }
-        roles.dedup();
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp + self.validation.leeway));
+        // Duplicates anywhere in the list (not only adjacent ones) go; the first
+        // occurrence keeps its place, so `user` stays first.
+        let mut seen = std::collections::HashSet::new();
+        roles.retain(|r| seen.insert(r.clone()));
+        let expires_at = Some(expiry(claims.get("exp"), self.validation.leeway)?);
         Ok(Authenticated {
             identity: Identity {
                 user_id,
@@ -258,6 +258,28 @@ impl JwtVerifier {
             expires_at,
         })
     }
+}
+
+/// Latest `exp` accepted: the last second of the year 9999. Later values are no real
+/// token's, and refusing them keeps `exp + leeway` far from overflowing `SystemTime`.
+pub const MAX_EXP: u64 = 253_402_300_799;
+
+/// When a token stops being valid: `exp` plus leeway. `exp` must be an integer number
+/// of seconds (RFC 7519 allows a fraction, but a float `exp` would otherwise never end
+/// the connection) no later than [`MAX_EXP`]; anything else is refused with 401, so every
+/// admitted token has an expiry the connection enforces.
+fn expiry(exp: Option<&Value>, leeway: u64) -> Result<SystemTime, AuthError> {
+    let exp = exp
+        .and_then(Value::as_u64)
+        .ok_or_else(|| AuthError::Invalid("exp must be an integer number of seconds".into()))?;
+    if exp > MAX_EXP {
+        return Err(AuthError::Invalid(format!(
+            "exp {exp} is beyond the year 9999"
+        )));
+    }
+    exp.checked_add(leeway)
+        .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .ok_or_else(|| AuthError::Invalid("exp plus leeway is out of range".into()))
 }
 
 /// A client-facing description of a verification failure (never the token itself).
@@ -332,6 +354,44 @@ mod tests {
         assert_eq!(a.identity.user_id, "alice");
         assert_eq!(a.identity.roles, vec!["user", "admin"]);
         assert!(a.expires_at.unwrap() > SystemTime::now() + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn roles_listed_twice_anywhere_are_kept_once() {
+        let (_d, auth) = setup(&["HS256"]);
+        let mut c = good_claims();
+        c["roles"] = json!(["admin", "user", "admin", "ops", "user"]);
+        let a = auth.verify(&token(Algorithm::HS256, c)).unwrap();
+        assert_eq!(a.identity.roles, vec!["user", "admin", "ops"]);
+    }
+
+    #[test]
+    fn absurd_or_fractional_expiries_are_refused_not_admitted_forever() {
+        let (_d, auth) = setup(&["HS256"]);
+        for exp in [
+            json!(1u64 << 63),
+            json!(1u64 << 62),
+            json!(u64::MAX),
+            json!(MAX_EXP + 1),
+            json!(now() as f64 + 2.5),
+            json!(format!("{}.0", now() + 60).parse::<f64>().unwrap()),
+        ] {
+            let mut c = good_claims();
+            c["exp"] = exp.clone();
+            // Must be refused (or, were jsonwebtoken to refuse it first, still refused):
+            // never admitted without an expiry, never a panic.
+            assert!(
+                matches!(
+                    auth.verify(&token(Algorithm::HS256, c)),
+                    Err(AuthError::Invalid(_))
+                ),
+                "exp {exp} was admitted"
+            );
+        }
+        let mut c = good_claims();
+        c["exp"] = json!(MAX_EXP);
+        let a = auth.verify(&token(Algorithm::HS256, c)).unwrap();
+        assert!(a.expires_at.is_some());
     }
 
     #[test]
