@@ -20,7 +20,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools_bin=$(bash hack/tools.sh | tail -n 1)
+# Its last line is the directory of the binaries; a failure or an empty answer stops
+# here, loudly, instead of running the tests without their tools.
+if ! tools_out=$(bash hack/tools.sh); then
+  echo "hack/test-all.sh: hack/tools.sh failed (see its messages above)" >&2
+  exit 1
+fi
+tools_bin=${tools_out##*$'\n'}
+if [[ -z "$tools_bin" || ! -d "$tools_bin" ]]; then
+  echo "hack/test-all.sh: hack/tools.sh printed no tools directory (got '$tools_bin')" >&2
+  exit 1
+fi
 export PATH="$tools_bin:$PATH"
 
 # rustfmt and clippy ship as rustup components; install them when missing.

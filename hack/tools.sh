@@ -17,6 +17,9 @@
 #                                     which `go install pkg@version` refuses
 #
 # The Go builds take several minutes on a cold cache; afterwards this is instant.
+#
+#   bash hack/tools.sh                 every tool
+#   bash hack/tools.sh nats-server     only the named ones (nats-server etcd kube kubectl helm jaeger)
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHBOARD_TOOLS_DIR:-$HOME/.cache/switchboard/tools}"
@@ -132,15 +135,43 @@ install_etcd() {
   touch "$stamp"
 }
 
-install_nats_server
-install_etcd
-install_kube
-install_kubectl
-install_helm
-install_jaeger
-"$BIN/etcd" --version | head -1 >&2
-"$BIN/kube-apiserver" --version >&2
-"$BIN/kubectl" version --client >&2
-"$BIN/helm" version --short >&2
-"$BIN/nats-server" --version >&2
+# Which tools: the names given as arguments, or all of them. `bash hack/tools.sh
+# nats-server` is all the README's NATS walkthrough needs (no Go, no builds).
+ALL_TOOLS=(nats-server etcd kube kubectl helm jaeger)
+if (($# == 0)); then
+  set -- "${ALL_TOOLS[@]}"
+fi
+for tool in "$@"; do
+  case "$tool" in
+    nats-server) install_nats_server ;;
+    etcd) install_etcd ;;
+    kube) install_kube ;;
+    kubectl) install_kubectl ;;
+    helm) install_helm ;;
+    jaeger) install_jaeger ;;
+    *)
+      echo "hack/tools.sh: unknown tool '$tool' (known: ${ALL_TOOLS[*]})" >&2
+      exit 2
+      ;;
+  esac
+done
+
+# Versions go to stderr for the log. Each output is captured whole, never piped into
+# `head`: under pipefail, `head` exiting first kills the writer with SIGPIPE (exit 141)
+# and fails the whole script at random.
+report_version() {
+  local out
+  out=$("$@" 2>&1) || { echo "hack/tools.sh: '$*' failed: $out" >&2; exit 1; }
+  echo "${out%%$'\n'*}" >&2
+}
+for tool in "$@"; do
+  case "$tool" in
+    nats-server) report_version "$BIN/nats-server" --version ;;
+    etcd) report_version "$BIN/etcd" --version ;;
+    kube) report_version "$BIN/kube-apiserver" --version ;;
+    kubectl) report_version "$BIN/kubectl" version --client ;;
+    helm) report_version "$BIN/helm" version --short ;;
+    jaeger) ;; # jaeger's version output starts a full configuration dump; the stamp pins it
+  esac
+done
 echo "$BIN"
