@@ -273,3 +273,39 @@ impl Drop for ControlPlane {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Who holds the operator's leader Lease (`switchboard-operator` in `default`), if anyone.
+pub async fn lease_holder(client: &kube::Client) -> Option<String> {
+    kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "default")
+        .get_opt("switchboard-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+/// An annotation of a Deployment's pod template (the operator's config hash lives there).
+pub fn template_annotation(
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    key: &str,
+) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+/// The example chat app (`manifests/examples/chat.yaml`), as users apply it.
+pub fn chat_app() -> switchboard_spec::crd::RealtimeApp {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/chat.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

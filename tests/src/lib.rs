@@ -1,8 +1,13 @@
 //! Shared harness for Switchboard's tests on real components: a control plane of real
 //! binaries ([`ControlPlane`]), a real nats-server ([`NatsServer`]), a WebSocket [`Client`], a real Jaeger ([`Jaeger`]), and small helpers
 //! for polling, the admin port and finding the workspace's binaries.
+//!
+//! The control plane and everything else that needs kube sit behind the default feature
+//! `control-plane`. The server's and the load generator's tests leave it off, so their
+//! examples and tests never compile kube or k8s-openapi.
 
 mod client;
+#[cfg(feature = "control-plane")]
 mod control_plane;
 mod http;
 mod jaeger;
@@ -11,23 +16,11 @@ mod nats;
 use std::time::Duration;
 
 pub use client::{Client, Refused, WAIT};
-pub use control_plane::{ControlPlane, run_tool};
+#[cfg(feature = "control-plane")]
+pub use control_plane::{ControlPlane, chat_app, lease_holder, run_tool, template_annotation};
 pub use http::{http_get, metric};
 pub use jaeger::Jaeger;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
 pub use nats::NatsServer;
-use switchboard_spec::crd::RealtimeApp;
-
-/// Who holds the operator's leader Lease (`switchboard-operator` in `default`), if anyone.
-pub async fn lease_holder(client: &kube::Client) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), "default")
-        .get_opt("switchboard-operator")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
-}
 
 /// A binary of this workspace (`switchboard-server`, `switchboard-operator`), from the
 /// target directory this test runs from. `hack/test-all.sh` builds them first; when
@@ -47,32 +40,6 @@ pub fn cargo_bin(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
-}
-
-/// An annotation of a Deployment's pod template (the operator's config hash lives there).
-pub fn template_annotation(
-    d: &k8s_openapi::api::apps::v1::Deployment,
-    key: &str,
-) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(key)
-        .cloned()
-}
-
-/// The example chat app (`manifests/examples/chat.yaml`), as users apply it.
-pub fn chat_app() -> RealtimeApp {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/examples/chat.yaml"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Polls `probe` every 100 ms until it yields, for up to `seconds`; panics naming `what`.
