@@ -29,7 +29,7 @@ async fn render_bundle() -> anyhow::Result<String> {
     Ok(format!(
         "# Switchboard's operator and the RealtimeApp CRD, for `kubectl apply -f`.\n\
          # Generated from charts/switchboard with its default values; do not edit:\n\
-         #   SWITCHBOARD_UPDATE_MANIFESTS=1 cargo test -p switchboard-tests --test chart\n\
+         #   bash hack/generate.sh\n\
          apiVersion: v1\nkind: Namespace\nmetadata:\n  name: switchboard-system\n{rendered}"
     ))
 }
@@ -38,13 +38,13 @@ async fn render_bundle() -> anyhow::Result<String> {
 async fn the_chart_lints_and_the_install_bundle_is_current() -> anyhow::Result<()> {
     run_tool("helm", &["lint", "--strict", CHART]).await?;
     let bundle = render_bundle().await?;
-    if std::env::var_os("SWITCHBOARD_UPDATE_MANIFESTS").is_some() {
+    if std::env::var_os("SWITCHBOARD_UPDATE_GENERATED").is_some() {
         std::fs::write(BUNDLE, &bundle)?;
     }
     let checked_in = std::fs::read_to_string(BUNDLE).unwrap_or_default();
     assert!(
         checked_in == bundle,
-        "manifests/install.yaml is stale: SWITCHBOARD_UPDATE_MANIFESTS=1 cargo test -p switchboard-tests --test chart"
+        "manifests/install.yaml is stale: run `bash hack/generate.sh`"
     );
     Ok(())
 }
