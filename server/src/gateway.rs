@@ -21,12 +21,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::admission::Refusal;
+use crate::admission::Refusal as AdmissionRefusal;
 use crate::connection;
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
+use crate::log_budget::LogBudget;
 use crate::metrics::RejectReason;
 use crate::outbound::OutboundQueue;
 use crate::protocol::{self, ErrorCode};
@@ -97,15 +98,59 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
     match upgrade(&mut req, state, peer) {
         Ok(response) => response,
         Err(refused) => {
-            let (reason, response) = *refused;
-            state.metrics.rejected(reason);
-            response
+            state.metrics.rejected(refused.reason);
+            log_refusal(&refused, peer);
+            refused.response
         }
     }
 }
 
-/// A refused upgrade: boxed, as the error path is rare and the response is large.
-type Refused = Box<(RejectReason, HttpResponse)>;
+/// Refused upgrades logged per second at most; a flood is summarized by the next line.
+static REFUSAL_LOG: LogBudget = LogBudget::new(10);
+
+/// One info line per refused upgrade (within [`REFUSAL_LOG`]), so an operator can see
+/// why a client cannot connect: the client itself often shows only the status. The
+/// message is the one the client gets, which never contains the token.
+fn log_refusal(refused: &Refusal, peer: SocketAddr) {
+    if let Some(suppressed) = REFUSAL_LOG.admit(std::time::Instant::now()) {
+        info!(
+            status = refused.response.status().as_u16(),
+            reason = refused.reason.as_str(),
+            peer = %peer,
+            message = %refused.message,
+            suppressed_since_last = suppressed,
+            "upgrade refused"
+        );
+    }
+}
+
+/// A refused upgrade: why (the metric's reason, the message the client gets) and the
+/// HTTP response that says so. Boxed where returned: the error path is rare and the
+/// response is large.
+struct Refusal {
+    reason: RejectReason,
+    message: String,
+    response: HttpResponse,
+}
+
+type Refused = Box<Refusal>;
+
+impl Refusal {
+    fn new(reason: RejectReason, status: StatusCode, code: ErrorCode, message: &str) -> Self {
+        Self {
+            reason,
+            message: message.to_owned(),
+            response: error_response(status, code, message),
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+}
 
 fn upgrade(
     req: &mut Request<Incoming>,
@@ -113,37 +158,33 @@ fn upgrade(
     peer: SocketAddr,
 ) -> Result<HttpResponse, Refused> {
     if state.is_draining() {
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "this pod is draining",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(Box::new((RejectReason::Draining, r)));
+        return Err(Box::new(
+            Refusal::new(
+                RejectReason::Draining,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "this pod is draining",
+            )
+            .with_header(header::RETRY_AFTER, "1"),
+        ));
     }
     check_origin(req, state)?;
-    let guard = state
-        .admission
-        .try_admit(peer.ip())
-        .map_err(|refusal| match refusal {
-            Refusal::PodFull => (
+    let guard = state.admission.try_admit(peer.ip()).map_err(|full| {
+        Box::new(match full {
+            AdmissionRefusal::PodFull => Refusal::new(
                 RejectReason::Capacity,
-                error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    "this pod is at limits.maxConnections",
-                ),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "this pod is at limits.maxConnections",
             ),
-            Refusal::TooManyFromIp => (
+            AdmissionRefusal::TooManyFromIp => Refusal::new(
                 RejectReason::PerIpLimit,
-                error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::ResourceExhausted,
-                    "too many connections from this address (limits.maxConnectionsPerIp)",
-                ),
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::ResourceExhausted,
+                "too many connections from this address (limits.maxConnectionsPerIp)",
             ),
-        })?;
+        })
+    })?;
     let offered = offered_protocols(req);
     let token = token_from(req, &offered);
     let connection_id = state.next_connection_id();
@@ -152,24 +193,23 @@ fn upgrade(
         .auth
         .authenticate(token.as_deref(), &anonymous_id)
         .map_err(|e| {
-            let mut r = error_response(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthenticated,
-                &e.to_string(),
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            (RejectReason::Unauthenticated, r)
+            Box::new(
+                Refusal::new(
+                    RejectReason::Unauthenticated,
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthenticated,
+                    &e.to_string(),
+                )
+                .with_header(header::WWW_AUTHENTICATE, "Bearer"),
+            )
         })?;
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut *req).map_err(|e| {
-        (
+        Box::new(Refusal::new(
             RejectReason::BadRequest,
-            error_response(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidArgument,
-                &e.to_string(),
-            ),
-        )
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            &e.to_string(),
+        ))
     })?;
     let mut response = response.map(|_| Full::new(Bytes::new()));
     if let Some(chosen) = choose_protocol(&offered)
@@ -235,13 +275,11 @@ fn check_origin(req: &Request<Incoming>, state: &AppState) -> Result<(), Refused
     if ok {
         Ok(())
     } else {
-        Err(Box::new((
+        Err(Box::new(Refusal::new(
             RejectReason::Origin,
-            error_response(
-                StatusCode::FORBIDDEN,
-                ErrorCode::PermissionDenied,
-                "this Origin is not in spec.allowedOrigins",
-            ),
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            "this Origin is not in spec.allowedOrigins",
         )))
     }
 }

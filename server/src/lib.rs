@@ -15,6 +15,7 @@ pub mod drain;
 pub mod gateway;
 pub mod handle;
 pub mod liveness;
+pub mod log_budget;
 pub mod metrics;
 pub mod outbound;
 pub mod protocol;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::harness::*;
 
@@ -275,4 +276,59 @@ async fn flags_come_from_the_environment_and_logs_can_be_json() {
     assert_eq!(v["message"], "serving");
     assert!(v["ws"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
     assert_eq!(v["instance"], "from-env");
+}
+
+/// A refused upgrade is invisible to most clients (they show the status only), so the
+/// server logs each one, with the reason and the peer, never the token; and a flood of
+/// them costs a bounded number of lines, the rest summarized.
+#[tokio::test]
+async fn refused_upgrades_are_logged_bounded_and_without_the_token() {
+    let server = start_default_app().await;
+    let secret_token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
+    let url = format!("{}?access_token={secret_token}", server.ws);
+    for _ in 0..40 {
+        let r = Client::connect_request(url.as_str().into_client_request().unwrap())
+            .await
+            .err()
+            .expect("a token for an app without JWT auth is refused");
+        assert_eq!(r.status, 401);
+    }
+    // Past the per-second budget, the next admitted line reports what was left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = Client::connect_request(url.as_str().into_client_request().unwrap()).await;
+    let log = eventually("the summarizing refusal line", 10, || {
+        let log = server.log.lock().unwrap().clone();
+        async move {
+            log.lines()
+                .any(|l| l.contains("upgrade refused") && !l.contains("suppressed_since_last=0"))
+                .then_some(log)
+        }
+    })
+    .await;
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("upgrade refused"))
+        .collect();
+    assert!(
+        (2..=20).contains(&refusals.len()),
+        "41 refusals should log a bounded number of lines, got {}:\n{log}",
+        refusals.len()
+    );
+    let first = refusals[0];
+    for needle in [
+        "status=401",
+        "reason=\"unauthenticated\"",
+        "peer=127.0.0.1:",
+        "this app accepts no tokens",
+    ] {
+        assert!(first.contains(needle), "{needle} missing from {first}");
+    }
+    assert!(
+        !log.contains(secret_token),
+        "the token leaked into the log:\n{log}"
+    );
+    assert!(
+        !log.contains("c2VjcmV0"),
+        "part of the token leaked into the log:\n{log}"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard_server::{Server, ServerConfig, Shutdown};
-pub use switchboard_tests::{Client, NatsServer, Refused, WAIT, http_get, metric};
+pub use switchboard_tests::{Client, NatsServer, Refused, WAIT, eventually, http_get, metric};
 
 pub const JWT_SECRET: &[u8] = b"test-secret-0123456789";
 
