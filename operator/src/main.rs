@@ -88,11 +88,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let instance = args
-        .instance
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "switchboard-operator".into());
+    let instance = switchboard_ops::instance::instance_name(args.instance.as_deref(), || {
+        "switchboard-operator".into()
+    });
     // The reconcile span is log context too, so it keeps the crate's own target.
     let telemetry = telemetry::init("switchboard-operator", &instance, &["switchboard_operator"])?;
     let result = operate(args, instance).await;

@@ -57,11 +57,9 @@ impl Cli {
     }
 
     pub fn instance_name(&self) -> String {
-        self.instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("switchboard-{:08x}", rand::random::<u32>()))
+        switchboard_ops::instance::instance_name(self.instance.as_deref(), || {
+            format!("switchboard-{:08x}", rand::random::<u32>())
+        })
     }
 }
 
