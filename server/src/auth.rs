@@ -47,6 +47,16 @@ pub enum AuthSetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{field} at {path} is {len} bytes, shorter than {algorithm} needs: {min} bytes (RFC 7518 section 3.2: 32 for HS256, 48 for HS384, 64 for HS512)"
+    )]
+    ShortHmacKey {
+        field: &'static str,
+        path: PathBuf,
+        algorithm: &'static str,
+        len: usize,
+        min: usize,
+    },
     #[error("{field} at {path} is not a usable key for {family}: {message}")]
     Key {
         field: &'static str,
@@ -137,6 +147,37 @@ fn read_secret(
         })
 }
 
+/// The shortest HMAC key each allowed HMAC algorithm may use: a key shorter than the
+/// hash output weakens it (RFC 7518 §3.2), so such a Secret is refused at start-up and
+/// by `--check` rather than served with. The largest allowed algorithm's size applies,
+/// as the one key verifies them all.
+fn check_hmac_len(
+    algorithms: &[Algorithm],
+    field: &'static str,
+    path: PathBuf,
+    len: usize,
+) -> Result<(), AuthSetupError> {
+    let needed = algorithms
+        .iter()
+        .filter_map(|a| match a {
+            Algorithm::HS256 => Some(("HS256", 32)),
+            Algorithm::HS384 => Some(("HS384", 48)),
+            Algorithm::HS512 => Some(("HS512", 64)),
+            _ => None,
+        })
+        .max_by_key(|(_, min)| *min);
+    match needed {
+        Some((algorithm, min)) if len < min => Err(AuthSetupError::ShortHmacKey {
+            field,
+            path,
+            algorithm,
+            len,
+            min,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl JwtVerifier {
     fn load(policy: &JwtPolicy, dir: &Path) -> Result<Self, AuthSetupError> {
         // The compiler accepted only names jsonwebtoken knows; skip none silently here.
@@ -151,7 +192,9 @@ impl JwtVerifier {
                     .iter()
                     .any(|a| a.family() == AlgorithmFamily::Hmac) =>
             {
-                let (_, secret) = read_secret(dir, r, "spec.auth.jwt.secretRef")?;
+                let field = "spec.auth.jwt.secretRef";
+                let (path, secret) = read_secret(dir, r, field)?;
+                check_hmac_len(&algorithms, field, path, secret.len())?;
                 Some(DecodingKey::from_secret(&secret))
             }
             _ => None,
@@ -243,11 +286,15 @@ impl JwtVerifier {
             Some(Value::String(s)) => roles.extend(s.split_whitespace().map(str::to_owned)),
             _ => {}
         }
-        roles.dedup();
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp + self.validation.leeway));
+        // A role listed twice, anywhere in the claim, counts once. Role checks are set
+        // membership, so order carries no meaning; first occurrences are kept in order
+        // (`user` first) so the welcome's role list stays stable.
+        let mut seen = std::collections::HashSet::new();
+        roles.retain(|r| seen.insert(r.clone()));
+        let expires_at = match claims.get("exp").and_then(Value::as_u64) {
+            Some(exp) => Some(expiry(exp, self.validation.leeway)?),
+            None => None,
+        };
         Ok(Authenticated {
             identity: Identity {
                 user_id,
@@ -258,6 +305,24 @@ impl JwtVerifier {
             expires_at,
         })
     }
+}
+
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z. Anything later is no real issuer's
+/// expiry, and `UNIX_EPOCH + exp` could overflow `SystemTime` (a panic) or land so far
+/// out that the connection is closed at once; such tokens are refused as invalid (401 at
+/// upgrade, UNAUTHENTICATED on `$ws:auth`) rather than admitted.
+pub const MAX_EXP: u64 = 253_402_300_799;
+
+/// When a token with this `exp` stops being valid (`exp + leeway`), or why it is refused:
+/// `exp` beyond [`MAX_EXP`], or `exp + leeway` overflowing, with checked arithmetic only.
+fn expiry(exp: u64, leeway: u64) -> Result<SystemTime, AuthError> {
+    let too_late = || AuthError::Invalid("the token's exp is beyond year 9999".into());
+    if exp > MAX_EXP {
+        return Err(too_late());
+    }
+    exp.checked_add(leeway)
+        .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .ok_or_else(too_late)
 }
 
 /// A client-facing description of a verification failure (never the token itself).
@@ -301,18 +366,16 @@ mod tests {
     fn setup(algs: &[&str]) -> (tempdir::Dir, Authenticator) {
         let dir = tempdir::Dir::new();
         std::fs::create_dir_all(dir.0.join("jwt")).unwrap();
-        std::fs::write(dir.0.join("jwt/secret"), b"s3cret").unwrap();
+        std::fs::write(dir.0.join("jwt/secret"), KEY).unwrap();
         let auth = Authenticator::load(Some(&policy(algs)), false, &dir.0).unwrap();
         (dir, auth)
     }
 
+    /// 64 bytes: long enough for every HMAC algorithm (RFC 7518 §3.2).
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
     fn token(alg: Algorithm, claims: Value) -> String {
-        encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap()
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(KEY)).unwrap()
     }
 
     fn now() -> u64 {
@@ -393,6 +456,60 @@ mod tests {
             msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn refuses_absurd_exp_instead_of_panicking() {
+        let (_d, auth) = setup(&["HS256"]);
+        for exp in [1u64 << 63, 1u64 << 62, MAX_EXP + 1, u64::MAX] {
+            let mut c = good_claims();
+            c["exp"] = json!(exp);
+            let got = auth.verify(&token(Algorithm::HS256, c));
+            assert!(
+                matches!(&got, Err(AuthError::Invalid(m)) if m.contains("9999")),
+                "exp {exp}: {got:?}"
+            );
+        }
+        let mut c = good_claims();
+        c["exp"] = json!(MAX_EXP);
+        assert!(auth.verify(&token(Algorithm::HS256, c)).is_ok());
+    }
+
+    #[test]
+    fn a_role_listed_twice_counts_once() {
+        let (_d, auth) = setup(&["HS256"]);
+        let mut c = good_claims();
+        c["roles"] = json!(["user", "admin", "mod", "admin", "user"]);
+        let a = auth.verify(&token(Algorithm::HS256, c)).unwrap();
+        assert_eq!(a.identity.roles, vec!["user", "admin", "mod"]);
+    }
+
+    #[test]
+    fn refuses_hmac_keys_shorter_than_the_algorithm() {
+        for (algs, len, ok) in [
+            (&["HS256"][..], 31, false),
+            (&["HS256"][..], 32, true),
+            (&["HS384"][..], 47, false),
+            (&["HS256", "HS512"][..], 48, false),
+            (&["HS512"][..], 64, true),
+        ] {
+            let dir = tempdir::Dir::new();
+            std::fs::create_dir_all(dir.0.join("jwt")).unwrap();
+            std::fs::write(dir.0.join("jwt/secret"), vec![b'k'; len]).unwrap();
+            match Authenticator::load(Some(&policy(algs)), false, &dir.0) {
+                Ok(_) => assert!(ok, "{algs:?} with {len} bytes must be refused"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(!ok, "{algs:?} with {len} bytes: {msg}");
+                    assert!(
+                        msg.contains("spec.auth.jwt.secretRef")
+                            && msg.contains("jwt/secret")
+                            && msg.contains(&format!("is {len} bytes")),
+                        "{msg}"
+                    );
+                }
+            }
+        }
     }
 
     /// A scratch directory removed on drop (no extra crate for one test helper).
