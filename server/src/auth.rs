@@ -47,6 +47,16 @@ pub enum AuthSetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{field} at {path} is {len} bytes, shorter than {algorithm} needs: {min} bytes (RFC 7518 section 3.2: 32 for HS256, 48 for HS384, 64 for HS512)"
+    )]
+    ShortHmacKey {
+        field: &'static str,
+        path: PathBuf,
+        algorithm: &'static str,
+        len: usize,
+        min: usize,
+    },
     #[error("{field} at {path} is not a usable key for {family}: {message}")]
     Key {
         field: &'static str,
@@ -137,6 +147,37 @@ fn read_secret(
         })
 }
 
+/// The shortest HMAC key each allowed HMAC algorithm may use: a key shorter than the
+/// hash output weakens it (RFC 7518 §3.2), so such a Secret is refused at start-up and
+/// by `--check` rather than served with. The largest allowed algorithm's size applies,
+/// as the one key verifies them all.
+fn check_hmac_len(
+    algorithms: &[Algorithm],
+    field: &'static str,
+    path: PathBuf,
+    len: usize,
+) -> Result<(), AuthSetupError> {
+    let needed = algorithms
+        .iter()
+        .filter_map(|a| match a {
+            Algorithm::HS256 => Some(("HS256", 32)),
+            Algorithm::HS384 => Some(("HS384", 48)),
+            Algorithm::HS512 => Some(("HS512", 64)),
+            _ => None,
+        })
+        .max_by_key(|(_, min)| *min);
+    match needed {
+        Some((algorithm, min)) if len < min => Err(AuthSetupError::ShortHmacKey {
+            field,
+            path,
+            algorithm,
+            len,
+            min,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl JwtVerifier {
     fn load(policy: &JwtPolicy, dir: &Path) -> Result<Self, AuthSetupError> {
         // The compiler accepted only names jsonwebtoken knows; skip none silently here.
@@ -151,7 +192,9 @@ impl JwtVerifier {
                     .iter()
                     .any(|a| a.family() == AlgorithmFamily::Hmac) =>
             {
-                let (_, secret) = read_secret(dir, r, "spec.auth.jwt.secretRef")?;
+                let field = "spec.auth.jwt.secretRef";
+                let (path, secret) = read_secret(dir, r, field)?;
+                check_hmac_len(&algorithms, field, path, secret.len())?;
                 Some(DecodingKey::from_secret(&secret))
             }
             _ => None,
@@ -323,18 +366,16 @@ mod tests {
     fn setup(algs: &[&str]) -> (tempdir::Dir, Authenticator) {
         let dir = tempdir::Dir::new();
         std::fs::create_dir_all(dir.0.join("jwt")).unwrap();
-        std::fs::write(dir.0.join("jwt/secret"), b"s3cret").unwrap();
+        std::fs::write(dir.0.join("jwt/secret"), KEY).unwrap();
         let auth = Authenticator::load(Some(&policy(algs)), false, &dir.0).unwrap();
         (dir, auth)
     }
 
+    /// 64 bytes: long enough for every HMAC algorithm (RFC 7518 §3.2).
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
     fn token(alg: Algorithm, claims: Value) -> String {
-        encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap()
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(KEY)).unwrap()
     }
 
     fn now() -> u64 {
@@ -453,6 +494,34 @@ mod tests {
             msg.contains("spec.auth.jwt.secretRef") && msg.contains("/nonexistent/jwt/secret"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn refuses_hmac_keys_shorter_than_the_algorithm() {
+        for (algs, len, ok) in [
+            (&["HS256"][..], 31, false),
+            (&["HS256"][..], 32, true),
+            (&["HS384"][..], 47, false),
+            (&["HS256", "HS512"][..], 48, false),
+            (&["HS512"][..], 64, true),
+        ] {
+            let dir = tempdir::Dir::new();
+            std::fs::create_dir_all(dir.0.join("jwt")).unwrap();
+            std::fs::write(dir.0.join("jwt/secret"), vec![b'k'; len]).unwrap();
+            match Authenticator::load(Some(&policy(algs)), false, &dir.0) {
+                Ok(_) => assert!(ok, "{algs:?} with {len} bytes must be refused"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(!ok, "{algs:?} with {len} bytes: {msg}");
+                    assert!(
+                        msg.contains("spec.auth.jwt.secretRef")
+                            && msg.contains("jwt/secret")
+                            && msg.contains(&format!("is {len} bytes")),
+                        "{msg}"
+                    );
+                }
+            }
+        }
     }
 
     /// A scratch directory removed on drop (no extra crate for one test helper).

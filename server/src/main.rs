@@ -80,6 +80,7 @@ async fn serve_with(cli: Cli) -> ExitCode {
             &config.secrets_dir,
         ) {
             Ok(_) => {
+                warn_trailing_newlines(&config);
                 println!("{source}: ok");
                 ExitCode::SUCCESS
             }
@@ -105,4 +106,20 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("cannot install signal handlers")?;
     let server = Server::bind(config).await?;
     server.run(shutdown).await
+}
+
+/// `--check` warns (exit still 0) about an HMAC key file ending in a newline: `echo key >
+/// file` puts one there, and the server uses the bytes as they are, so tokens signed with
+/// the key as typed would fail with "bad signature". (PEM files end in one by design.)
+fn warn_trailing_newlines(config: &ServerConfig) {
+    let Some(r) = config.app.jwt.as_ref().and_then(|j| j.secret_ref.as_ref()) else {
+        return;
+    };
+    let path = config.secrets_dir.join(&r.name).join(&r.key);
+    if std::fs::read(&path).is_ok_and(|b| b.ends_with(b"\n")) {
+        eprintln!(
+            "warning: {} ends in a newline, which is part of the HMAC key (use printf, not echo)",
+            path.display()
+        );
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_server::{Server, ServerConfig, Shutdown};
 pub use switchboard_tests::{Client, NatsServer, Refused, WAIT, eventually, http_get, metric};
 
-pub const JWT_SECRET: &[u8] = b"test-secret-0123456789";
+pub const JWT_SECRET: &[u8] = b"test-secret-0123456789abcdef0123456789";
 
 /// The app most tests run: every action kind, policies and limits small enough to hit.
 pub const TEST_APP: &str = r#"
