@@ -4,8 +4,7 @@
 //! Secrets checked *before* anything is applied, so an invalid spec sets Degraded and
 //! leaves the running Deployment exactly as it was.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -28,7 +27,8 @@ use switchboard_spec::{AppManifest, ManifestMetadata};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::{Metrics, Outcome};
+use crate::backoff::RetryBackoff;
+use crate::metrics::{FailureKind, Metrics, Outcome};
 use crate::resources::{Defaults, Plan};
 
 /// The one field manager of every object this operator applies.
@@ -46,10 +46,10 @@ pub enum Error {
 
 impl Error {
     /// The `error` label of `switchboard_operator_reconcile_failures_total`.
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> FailureKind {
         match self {
-            Self::Kube(_) => "kube_api",
-            Self::Build(_) => "build",
+            Self::Kube(_) => FailureKind::KubeApi,
+            Self::Build(_) => FailureKind::Build,
         }
     }
 }
@@ -62,7 +62,7 @@ pub struct Context {
     /// Shared with the admin listener (`/metrics`, `/readyz`) and leader election.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per app, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<RealtimeApp>, u32>>,
+    pub failures: RetryBackoff<ObjectRef<RealtimeApp>>,
 }
 
 impl Context {
@@ -76,7 +76,7 @@ impl Context {
             client,
             defaults,
             metrics: Arc::new(Metrics::new()),
-            failures: Mutex::default(),
+            failures: RetryBackoff::default(),
         }
     }
 }
@@ -138,9 +138,13 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Cancell
 ))]
 pub async fn reconcile(app: Arc<RealtimeApp>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let key = ObjectRef::from_obj(app.as_ref());
     let result = reconcile_app(app, &ctx).await;
     let outcome = match &result {
-        Ok((outcome, _)) => *outcome,
+        Ok((outcome, _)) => {
+            ctx.failures.succeeded(&key);
+            *outcome
+        }
         Err(e) => {
             ctx.metrics.failed(e.kind());
             let span = tracing::Span::current();
@@ -304,24 +308,14 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
         .await;
     }
     patch_status(&apps, &name, &status).await?;
-    if let Ok(mut f) = ctx.failures.lock() {
-        f.remove(&ObjectRef::from_obj(app.as_ref()));
-    }
     Ok((Outcome::Applied, Action::requeue(RESYNC)))
 }
 
 /// Retries failed reconciles with exponential backoff per app: 1 s, 2 s, ... 5 min.
 pub fn error_policy(app: Arc<RealtimeApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempts = ctx
+    let (attempts, delay) = ctx
         .failures
-        .lock()
-        .map(|mut f| {
-            let n = f.entry(ObjectRef::from_obj(app.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        })
-        .unwrap_or(1);
-    let delay = Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300));
+        .failed(ObjectRef::from_obj(app.as_ref()), Instant::now());
     warn!(app = %app.name_any(), %error, attempts, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }

@@ -4,6 +4,7 @@
 //! [`leader`] the Lease that keeps two replicas from both reconciling, [`metrics`] what
 //! `/metrics` exports.
 
+pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -10,72 +10,71 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use switchboard_ops::metrics::{CounterByLabel, register_build_info};
 
-/// How a reconcile ended: the `outcome` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The spec was valid and every object applied.
-    Applied,
-    /// The spec (or a Secret it names) is invalid; Degraded was set, nothing rolled.
-    Degraded,
-    /// The API refused or failed; retried with backoff.
-    Failed,
-}
-
-impl Outcome {
-    /// Every outcome, at the position [`Outcome::index`] gives it.
-    const ALL: [Outcome; 3] = [Self::Applied, Self::Degraded, Self::Failed];
-
-    /// Exhaustive on purpose: a new outcome does not compile until it is given a place
-    /// in `ALL`, and with it a series from the start.
-    fn index(self) -> usize {
-        match self {
-            Self::Applied => 0,
-            Self::Degraded => 1,
-            Self::Failed => 2,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Degraded => "degraded",
-            Self::Failed => "failed",
-        }
+switchboard_ops::label_values! {
+    /// How a reconcile ended: the `outcome` label.
+    pub enum Outcome {
+        /// The spec was valid and every object applied.
+        Applied => "applied",
+        /// The spec (or a Secret it names) is invalid; Degraded was set, nothing rolled.
+        Degraded => "degraded",
+        /// The API refused or failed; retried with backoff.
+        Failed => "failed",
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
+switchboard_ops::label_values! {
+    /// Why a reconcile failed: the `error` of `switchboard_operator_reconcile_failures_total`.
+    pub enum FailureKind {
+        /// The Kubernetes API refused or could not be reached.
+        KubeApi => "kube_api",
+        /// An object could not be built from the spec.
+        Build => "build",
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabel {
-    error: &'static str,
+/// The reconciler's own group: outcomes, failures and durations.
+pub struct ReconcileMetrics {
+    pub reconciles: CounterByLabel<Outcome>,
+    pub failures: CounterByLabel<FailureKind>,
+    pub duration: Histogram,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
+impl ReconcileMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let reconciles = CounterByLabel::register(
+            registry,
+            "switchboard_operator_reconciles",
+            "Reconciles of RealtimeApps, by outcome (applied, degraded, failed)",
+            "outcome",
+        );
+        let failures = CounterByLabel::register(
+            registry,
+            "switchboard_operator_reconcile_failures",
+            "Reconciles that failed and will be retried, by error (kube_api, build)",
+            "error",
+        );
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "switchboard_operator_reconcile_duration_seconds",
+            "Time one reconcile took, API round trips included",
+            duration.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            duration,
+        }
+    }
 }
-
-/// The `error` of `switchboard_operator_reconcile_failures_total`, as the controller's
-/// errors name their kind.
-const FAILURE_ERRORS: [&str; 2] = ["kube_api", "build"];
 
 pub struct Metrics {
     registry: Registry,
-    /// By `Outcome::index`.
-    reconciles: Vec<Counter>,
-    failures: Family<ErrorLabel, Counter>,
-    duration: Histogram,
+    reconcile: ReconcileMetrics,
     leader: Gauge,
     /// Set once the API server has answered: `/readyz` waits for it.
     api_reachable: AtomicBool,
@@ -90,87 +89,40 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let reconciles_family = Family::<OutcomeLabel, Counter>::default();
-        registry.register(
-            "switchboard_operator_reconciles",
-            "Reconciles of RealtimeApps, by outcome (applied, degraded, failed)",
-            reconciles_family.clone(),
-        );
-        let reconciles = Outcome::ALL
-            .iter()
-            .map(|o| {
-                reconciles_family
-                    .get_or_create(&OutcomeLabel {
-                        outcome: o.as_str(),
-                    })
-                    .clone()
-            })
-            .collect();
-        let failures = Family::<ErrorLabel, Counter>::default();
-        registry.register(
-            "switchboard_operator_reconcile_failures",
-            "Reconciles that failed and will be retried, by error (kube_api, build)",
-            failures.clone(),
-        );
-        for error in FAILURE_ERRORS {
-            // Created at 0; the returned read guard is not needed.
-            let _ = failures.get_or_create(&ErrorLabel { error });
-        }
-        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register(
-            "switchboard_operator_reconcile_duration_seconds",
-            "Time one reconcile took, API round trips included",
-            duration.clone(),
-        );
+        let reconcile = ReconcileMetrics::register(&mut registry);
         let leader = Gauge::default();
         registry.register(
             "switchboard_operator_leader",
             "1 while this replica holds the leader Lease and reconciles",
             leader.clone(),
         );
-        // Which version leads, while an upgrade of the operator rolls: the server has
-        // `switchboard_build_info`, the operator had nothing to tell its pods apart.
-        let build_info = Family::<VersionLabel, Gauge>::default();
-        registry.register(
+        // Which version leads, while an upgrade of the operator rolls.
+        register_build_info(
+            &mut registry,
             "switchboard_operator_build_info",
             "Operator version; always 1",
-            build_info.clone(),
+            env!("CARGO_PKG_VERSION"),
         );
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
         Self {
             registry,
-            reconciles,
-            failures,
-            duration,
+            reconcile,
             leader,
             api_reachable: AtomicBool::new(false),
         }
     }
 
     pub fn reconciled(&self, outcome: Outcome, took: Duration) {
-        if let Some(c) = self.reconciles.get(outcome.index()) {
-            c.inc();
-        }
-        self.duration.observe(took.as_secs_f64());
+        self.reconcile.reconciles.inc(outcome);
+        self.reconcile.duration.observe(took.as_secs_f64());
     }
 
-    pub fn failed(&self, error: &'static str) {
-        // A kind missing from FAILURE_ERRORS would have no series until its first
-        // failure: tests (debug builds) stop here so the list gets it.
-        debug_assert!(
-            FAILURE_ERRORS.contains(&error),
-            "{error} is not in FAILURE_ERRORS"
-        );
-        self.failures.get_or_create(&ErrorLabel { error }).inc();
+    pub fn failed(&self, kind: FailureKind) {
+        self.reconcile.failures.inc(kind);
     }
 
     /// How many reconciles ended with `outcome`.
     pub fn reconcile_count(&self, outcome: Outcome) -> u64 {
-        self.reconciles.get(outcome.index()).map_or(0, Counter::get)
+        self.reconcile.reconciles.get(outcome)
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -224,11 +176,12 @@ mod tests {
                 )
             })
             .collect();
-        series.extend(
-            FAILURE_ERRORS
-                .iter()
-                .map(|e| format!("switchboard_operator_reconcile_failures_total{{error=\"{e}\"}}")),
-        );
+        series.extend(FailureKind::ALL.iter().map(|e| {
+            format!(
+                "switchboard_operator_reconcile_failures_total{{error=\"{}\"}}",
+                e.as_str()
+            )
+        }));
         series.push("switchboard_operator_reconcile_duration_seconds_count".to_owned());
         series.push("switchboard_operator_leader".to_owned());
         for s in series {
@@ -246,7 +199,7 @@ mod tests {
         let m = Metrics::new();
         m.reconciled(Outcome::Degraded, Duration::from_millis(3));
         m.reconciled(Outcome::Failed, Duration::from_millis(3));
-        m.failed("kube_api");
+        m.failed(FailureKind::KubeApi);
         assert_eq!(m.reconcile_count(Outcome::Degraded), 1);
         assert_eq!(m.reconcile_count(Outcome::Applied), 0);
         let text = m.encode();
@@ -266,13 +219,6 @@ mod tests {
             ("switchboard_operator_reconcile_duration_seconds_count", 2.0),
         ] {
             assert_eq!(value(&text, series), Some(n), "{series}:\n{text}");
-        }
-    }
-
-    #[test]
-    fn the_outcome_list_agrees_with_its_index() {
-        for (i, o) in Outcome::ALL.into_iter().enumerate() {
-            assert_eq!(o.index(), i, "{o:?}");
         }
     }
 }

@@ -15,15 +15,22 @@ use fastwebsockets::{
 };
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::json;
+use switchboard_ops::metrics::CounterByLabel;
+use switchboard_spec::CompiledApp;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
+use crate::actions;
 use crate::handle::ConnectionHandle;
 use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason};
-use crate::router::{self, Session};
+use crate::router;
+use crate::session::Session;
 use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
@@ -44,8 +51,8 @@ pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session
     let span = info_span!("connection", id = %handle.id, user = %session.identity.user_id, peer = %session.ip);
     async move {
         state.connections.insert(handle.id.clone(), handle.clone());
-        state.metrics.connections.inc();
-        state.metrics.connections_opened.inc();
+        state.metrics.connections.open.inc();
+        state.metrics.connections.opened.inc();
         send_open(&state, &session);
 
         let (rx, tx) = ws.split(|io| {
@@ -62,10 +69,10 @@ pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session
         };
         let ((), reason) = tokio::join!(reader, writer);
 
-        router::unsubscribe_all(&state, &mut session);
+        actions::unsubscribe::all(&state, &mut session);
         state.connections.remove(&handle.id);
-        state.metrics.connections.dec();
-        state.metrics.closed(reason);
+        state.metrics.connections.open.dec();
+        state.metrics.connections.closed.inc(reason);
         debug!(reason = reason.as_str(), "connection closed");
     }
     .instrument(span)
@@ -95,11 +102,7 @@ fn send_open(state: &AppState, session: &Session) {
             "idleTimeoutMs": u64::from(spec.limits.idle_timeout_seconds) * 1000,
         },
     });
-    state.metrics.sent(protocol::OPEN_TYPE, 1);
-    session.handle.send(
-        protocol::encode_reply(protocol::OPEN_TYPE, None, &payload),
-        &state.metrics,
-    );
+    session.handle.reply(protocol::OPEN_TYPE, None, &payload);
 }
 
 /// A frame's payload bytes, whatever fastwebsockets handed us.
@@ -331,6 +334,7 @@ async fn write_batch(
                     let r = tx.write_frame(Frame::text(Payload::Borrowed(&frame))).await;
                     state
                         .metrics
+                        .outbound
                         .delivery_latency
                         .observe(published_at.elapsed().as_secs_f64());
                     r
@@ -349,7 +353,7 @@ async fn write_batch(
             if result.is_err() {
                 return Err(CloseReason::Client);
             }
-            state.metrics.frames_written.inc();
+            state.metrics.connections.frames_written.inc();
         }
         tx.flush()
             .await
@@ -385,4 +389,57 @@ async fn abort(tx: &mut Writer, state: &AppState) -> CloseReason {
     let close = Frame::close(reason.code(), reason.as_str().as_bytes());
     let _ = tokio::time::timeout(ABORT_CLOSE_TIMEOUT, write_frames(tx, [close])).await;
     reason
+}
+
+/// Connections open, opened and closed (by why), frames written, and the app's limit.
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub opened: Counter,
+    pub closed: CounterByLabel<CloseReason>,
+    pub frames_written: Counter,
+}
+
+impl ConnectionMetrics {
+    pub fn register(registry: &mut Registry, app: &CompiledApp) -> Self {
+        let open = Gauge::default();
+        registry.register(
+            "switchboard_connections",
+            "Open WebSocket connections",
+            open.clone(),
+        );
+        // On-call's headroom: `switchboard_connections` over this. Upgrades refused for
+        // `capacity` only show once it is gone, and the limit lives in the app's spec,
+        // which Prometheus cannot see otherwise.
+        let max: Gauge = Gauge::default();
+        max.set(i64::from(app.spec.limits.max_connections));
+        registry.register(
+            "switchboard_connections_max",
+            "Open WebSocket connections this pod accepts (the app's limits.maxConnections)",
+            max,
+        );
+        let opened = Counter::default();
+        registry.register(
+            "switchboard_connections_opened",
+            "WebSocket connections accepted",
+            opened.clone(),
+        );
+        let closed = CounterByLabel::register(
+            registry,
+            "switchboard_connections_closed",
+            "WebSocket connections closed, by reason",
+            "reason",
+        );
+        let frames_written = Counter::default();
+        registry.register(
+            "switchboard_frames_written",
+            "WebSocket frames written to clients",
+            frames_written.clone(),
+        );
+        Self {
+            open,
+            opened,
+            closed,
+            frames_written,
+        }
+    }
 }

@@ -12,6 +12,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tracing::info;
 
@@ -27,6 +30,9 @@ const MIN_BATCH_GAP: Duration = Duration::from_millis(100);
 /// Time budgeted per connection: the other pods see at most 500 reconnects a second
 /// from one draining pod, and a pod with few clients drains at once.
 const PER_CONNECTION: Duration = Duration::from_millis(2);
+/// No client is told to reconnect sooner than this after its own close: the Service
+/// needs a moment to stop routing to this pod, and a reconnect landing here is refused.
+const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DrainPlan {
@@ -61,18 +67,19 @@ impl DrainPlan {
         self.spread * b as u32 / self.batches as u32
     }
 
-    /// What a client in batch `b` is told: reconnect after its close, jittered within
-    /// one batch gap so the batch does not come back at once.
+    /// What a client in batch `b` is told: reconnect at least [`MIN_RECONNECT_DELAY`]
+    /// after its close, jittered within one more batch gap so the batch does not come
+    /// back at once.
     pub fn reconnect_after(&self, b: usize, jitter: f64) -> Duration {
         let gap = (self.spread / self.batches as u32).max(MIN_BATCH_GAP);
-        self.close_at(b) + gap.mul_f64(jitter.clamp(0.0, 1.0))
+        self.close_at(b) + MIN_RECONNECT_DELAY + gap.mul_f64(jitter.clamp(0.0, 1.0))
     }
 }
 
 /// Drains every connection (see the module doc). Returns early on `shutdown.now`.
 pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
     let started = Instant::now();
-    state.metrics.draining.set(1);
+    state.metrics.drain.draining.set(1);
     let grace = Duration::from_secs(u64::from(state.app.spec.drain.grace_period_seconds));
     let handles: Vec<Arc<ConnectionHandle>> = state
         .connections
@@ -80,17 +87,21 @@ pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
         .map(|e| e.value().clone())
         .collect();
     let plan = DrainPlan::new(grace, handles.len());
-    info!(connections = handles.len(), ?plan, "draining");
+    info!(
+        connections = handles.len(),
+        batches = plan.batches,
+        spread_ms = plan.spread.as_millis() as u64,
+        deadline_ms = plan.deadline.as_millis() as u64,
+        "draining"
+    );
 
     for (i, handle) in handles.iter().enumerate() {
         let after = plan.reconnect_after(plan.batch_of(i, handles.len()), rand::random::<f64>());
-        let frame = protocol::encode_reply(
+        handle.reply(
             protocol::DRAIN_TYPE,
             None,
             &json!({"reason": "shutdown", "reconnectAfterMs": after.as_millis() as u64}),
         );
-        state.metrics.sent(protocol::DRAIN_TYPE, 1);
-        handle.send(frame, &state.metrics);
     }
 
     let deadline = tokio::time::Instant::from_std(started + plan.deadline);
@@ -108,7 +119,7 @@ pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
                         .queue
                         .close(protocol::close::GOING_AWAY, CloseReason::Shutdown)
                     {
-                        state.metrics.drained_connections.inc();
+                        state.metrics.drain.drained_connections.inc();
                     }
                 });
                 i += 1;
@@ -126,7 +137,7 @@ pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
                     .queue
                     .close(protocol::close::GOING_AWAY, CloseReason::Shutdown)
             {
-                state.metrics.drained_connections.inc();
+                state.metrics.drain.drained_connections.inc();
             }
         }
         state.tasks.close();
@@ -139,9 +150,45 @@ pub async fn drain(state: &Arc<AppState>, shutdown: &Shutdown) {
     }
     state
         .metrics
-        .drain_duration_seconds
+        .drain
+        .duration_seconds
         .set(started.elapsed().as_secs_f64());
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
+}
+
+/// Whether a pod is draining, how many connections a drain closed, how long it took.
+pub struct DrainMetrics {
+    pub draining: Gauge,
+    pub drained_connections: Counter,
+    pub duration_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl DrainMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let draining = Gauge::default();
+        registry.register(
+            "switchboard_draining",
+            "1 while the pod drains for shutdown",
+            draining.clone(),
+        );
+        let drained_connections = Counter::default();
+        registry.register(
+            "switchboard_drained_connections",
+            "Connections closed by a drain",
+            drained_connections.clone(),
+        );
+        let duration_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "switchboard_drain_duration_seconds",
+            "How long the last drain took, from the signal to the last connection closed",
+            duration_seconds.clone(),
+        );
+        Self {
+            draining,
+            drained_connections,
+            duration_seconds,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,9 +204,12 @@ mod tests {
         assert_eq!(p.batch_of(0, 5000), 0);
         assert_eq!(p.batch_of(4999, 5000), 19);
         assert_eq!(p.close_at(19), Duration::from_millis(9500));
-        // Reconnects follow the close and stay within one batch gap of it.
+        // Reconnects follow the close by at least the minimum delay and stay within one
+        // batch gap of that.
+        let earliest = p.close_at(19) + MIN_RECONNECT_DELAY;
+        assert_eq!(p.reconnect_after(19, 0.0), earliest);
         let r = p.reconnect_after(19, 1.0);
-        assert!(r >= p.close_at(19) && r <= p.close_at(19) + Duration::from_millis(500));
+        assert!(r >= earliest && r <= earliest + Duration::from_millis(500));
         // Many more connections than the grace allows: capped at half the grace.
         assert_eq!(
             DrainPlan::new(Duration::from_secs(30), 100_000).spread,

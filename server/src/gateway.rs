@@ -18,7 +18,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
 use serde_json::json;
+use switchboard_ops::metrics::CounterByLabel;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -28,11 +30,10 @@ use crate::connection;
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
 use crate::log_budget::LogBudget;
-use crate::metrics::RejectReason;
 use crate::outbound::OutboundQueue;
 use crate::protocol::{self, ErrorCode};
 use crate::ratelimit::ConnectionBuckets;
-use crate::router::Session;
+use crate::session::Session;
 use crate::state::AppState;
 
 pub use switchboard_ops::admin::HttpResponse;
@@ -98,10 +99,45 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
     match upgrade(&mut req, state, peer) {
         Ok(response) => response,
         Err(refused) => {
-            state.metrics.rejected(refused.reason);
+            state.metrics.gateway.rejected.inc(refused.reason);
             log_refusal(&refused, peer);
             refused.response
         }
+    }
+}
+
+switchboard_ops::label_values! {
+    /// Why an upgrade was refused: the `reason` of `switchboard_upgrades_rejected_total`.
+    pub enum RejectReason {
+        /// No token, or one that fails verification (401).
+        Unauthenticated => "unauthenticated",
+        /// An Origin outside `allowedOrigins` (403).
+        Origin => "origin",
+        /// Past `limits.maxConnectionsPerIp` (429).
+        PerIpLimit => "per_ip_limit",
+        /// The pod is at `limits.maxConnections` (503).
+        Capacity => "capacity",
+        /// The pod is draining (503).
+        Draining => "draining",
+        /// Not a valid WebSocket upgrade (400).
+        BadRequest => "bad_request",
+    }
+}
+
+/// Upgrades refused before a WebSocket existed.
+pub struct GatewayMetrics {
+    pub rejected: CounterByLabel<RejectReason>,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let rejected = CounterByLabel::register(
+            registry,
+            "switchboard_upgrades_rejected",
+            "WebSocket upgrades refused before the handshake, by reason",
+            "reason",
+        );
+        Self { rejected }
     }
 }
 
@@ -228,6 +264,7 @@ fn upgrade(
             limits.slow_consumer,
         ),
         state.abort_all.child_token(),
+        state.metrics.clone(),
     ));
     let (handle_id, authed_user) = (handle.id.clone(), authed.identity.user_id.clone());
     let session = Session {

@@ -1,7 +1,9 @@
 //! `ConnectionHandle`: the part of a connection that other tasks may touch.
 //!
-//! Fan-out and the server's shutdown reach a client only through its handle: they push
-//! frames into its queue, and nothing else. The reader and writer own the socket.
+//! Fan-out, backend replies and the server's shutdown reach a client only through its
+//! handle: they push frames into its queue, and nothing else. The reader and writer own
+//! the socket. Because every frame for a client passes here, this is also where frames
+//! are counted: `switchboard_messages_sent_total` counts what was really queued, once.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -9,11 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use switchboard_ops::metrics::{CounterByLabel, CounterByName};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue, Pushed};
+use crate::protocol::{self, ErrorCode, Rejection};
 
 pub struct ConnectionHandle {
     /// Unique across replicas (instance + counter), so `excludeSelf` works over the bus.
@@ -26,33 +34,60 @@ pub struct ConnectionHandle {
     /// their replies are queued.
     pub rpcs_in_flight: AtomicUsize,
     pub rpcs_settled: Notify,
+    /// Where the frames pushed here are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl ConnectionHandle {
-    pub fn new(id: Arc<str>, queue: OutboundQueue, abort: CancellationToken) -> Self {
+    pub fn new(
+        id: Arc<str>,
+        queue: OutboundQueue,
+        abort: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             id,
             queue,
             abort,
             rpcs_in_flight: AtomicUsize::new(0),
             rpcs_settled: Notify::new(),
+            metrics,
         }
     }
 
-    /// Queues a topic delivery, applying the slow-consumer policy. Returns whether the
-    /// frame was queued.
-    pub fn deliver(&self, frame: &Bytes, published_at: Instant, metrics: &Metrics) -> bool {
+    /// Queues a topic delivery, applying the slow-consumer policy. `sent` is the
+    /// delivery type's counter, resolved once per fan-out by
+    /// [`OutboundMetrics::sent_counter`]. Returns whether the frame was queued.
+    pub fn deliver(&self, frame: &Bytes, published_at: Instant, sent: Option<&Counter>) -> bool {
         let pushed = self.queue.push(Outbound::Delivery {
             frame: frame.clone(),
             published_at,
         });
-        self.account(pushed, metrics)
+        self.account(pushed, sent)
     }
 
-    /// Queues a frame for this client alone (reply, error, system frame).
-    pub fn send(&self, frame: Bytes, metrics: &Metrics) -> bool {
+    /// Queues a frame of `message_type` for this client alone (reply, ack, system frame).
+    pub fn send(&self, message_type: &str, frame: Bytes) -> bool {
         let pushed = self.queue.push(Outbound::Frame(frame));
-        self.account(pushed, metrics)
+        self.account(pushed, self.metrics.outbound.sent_counter(message_type))
+    }
+
+    /// Queues a frame of `message_type` with this payload, answering `correlation_id`.
+    pub fn reply(&self, message_type: &str, correlation_id: Option<&str>, payload: &Value) -> bool {
+        self.send(
+            message_type,
+            protocol::encode_reply(message_type, correlation_id, payload),
+        )
+    }
+
+    /// Queues an error frame (`ERROR`, or `RPC_ERROR` for a request route) saying why a
+    /// message was refused.
+    pub fn refuse(&self, error_type: &str, correlation_id: Option<&str>, r: &Rejection) -> bool {
+        self.metrics.outbound.errors.inc(r.code);
+        self.send(
+            error_type,
+            protocol::encode_error(error_type, correlation_id, r),
+        )
     }
 
     pub fn rpc_started(&self) {
@@ -77,22 +112,98 @@ impl ConnectionHandle {
         }
     }
 
-    fn account(&self, pushed: Pushed, metrics: &Metrics) -> bool {
-        match pushed {
+    fn account(&self, pushed: Pushed, sent: Option<&Counter>) -> bool {
+        let dropped = &self.metrics.outbound.dropped;
+        let queued = match pushed {
             Pushed::Queued => true,
             Pushed::DroppedOldest => {
-                metrics.dropped("slow_consumer_drop_oldest", 1);
+                dropped.inc(DropReason::SlowConsumerDropOldest);
                 true
             }
             Pushed::Overflowed => {
-                metrics.dropped("slow_consumer_disconnect", 1);
+                dropped.inc(DropReason::SlowConsumerDisconnect);
                 self.abort.cancel();
                 false
             }
             Pushed::Closed => {
-                metrics.dropped("connection_closing", 1);
+                dropped.inc(DropReason::ConnectionClosing);
                 false
             }
+        };
+        if queued && let Some(sent) = sent {
+            sent.inc();
         }
+        queued
+    }
+}
+
+switchboard_ops::label_values! {
+    /// Why a frame did not reach a client: the `reason` of
+    /// `switchboard_dropped_deliveries_total`.
+    pub enum DropReason {
+        /// The queue was full and the app drops the oldest frame to make room.
+        SlowConsumerDropOldest => "slow_consumer_drop_oldest",
+        /// The queue was full and the app disconnects such a client: this frame is lost
+        /// with the connection.
+        SlowConsumerDisconnect => "slow_consumer_disconnect",
+        /// The connection was already closing.
+        ConnectionClosing => "connection_closing",
+    }
+}
+
+/// What leaves for clients: frames queued by type, error frames by code, frames lost,
+/// and how long a delivery took from its publish to the subscriber's socket.
+pub struct OutboundMetrics {
+    sent: CounterByName,
+    pub errors: CounterByLabel<ErrorCode>,
+    pub dropped: CounterByLabel<DropReason>,
+    /// Observed by the writer as each delivery is written.
+    pub delivery_latency: Histogram,
+}
+
+impl OutboundMetrics {
+    /// `sent_types`: every type the server may send to this app's clients.
+    pub fn register<'a>(
+        registry: &mut Registry,
+        sent_types: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let sent = CounterByName::register(
+            registry,
+            "switchboard_messages_sent",
+            "Frames queued to clients, by type; a delivery counts once per recipient",
+            "type",
+            sent_types,
+        );
+        let errors = CounterByLabel::register(
+            registry,
+            "switchboard_errors",
+            "ERROR and RPC_ERROR frames sent, by code",
+            "code",
+        );
+        let dropped = CounterByLabel::register(
+            registry,
+            "switchboard_dropped_deliveries",
+            "Deliveries that did not reach a client, by reason",
+            "reason",
+        );
+        // 50 µs .. ~1.6 s
+        let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "switchboard_delivery_latency_seconds",
+            "Time from a publish on this pod to the delivery frame's write to a subscriber's socket",
+            delivery_latency.clone(),
+        );
+        Self {
+            sent,
+            errors,
+            dropped,
+            delivery_latency,
+        }
+    }
+
+    /// The counter of frames of `message_type`. Every type the server sends was
+    /// registered at start-up; `None` would be a type the server never declared.
+    pub fn sent_counter(&self, message_type: &str) -> Option<&Counter> {
+        self.sent.get(message_type)
     }
 }

@@ -1,11 +1,14 @@
 //! `switchboard-server`: the WebSocket gateway of a RealtimeApp.
 //!
 //! A message's path, by file: [`gateway`] accepts and authenticates the upgrade,
-//! [`connection`] reads frames, [`protocol`] parses the envelope, [`router`] checks the
-//! route (roles, [`ratelimit`], schema) and runs its action; a publish is encoded once
-//! and handed to the [`bus`], whose [`topics`] registry pushes the same bytes into each
-//! subscriber's [`outbound`] queue, which that subscriber's writer drains to its socket.
+//! [`connection`] reads frames into the connection's [`session`], [`protocol`] parses
+//! the envelope, [`router`] checks the route (roles, [`ratelimit`], schema) and runs its
+//! one action from [`actions`] (topic access by [`policy`]); a publish is encoded once
+//! and handed to the [`bus`], whose [`topics`] registry pushes the same bytes through
+//! each subscriber's [`handle`] into its [`outbound`] queue, which that subscriber's
+//! writer drains to its socket. [`refresh`] handles `$ws:auth`, [`drain`] a shutdown.
 
+pub mod actions;
 pub mod admission;
 pub mod auth;
 pub mod bus;
@@ -18,10 +21,13 @@ pub mod liveness;
 pub mod log_budget;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
+pub mod refresh;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod topics;

@@ -57,18 +57,19 @@ pub mod close {
     }
 }
 
-/// Why a connection ended: its close code, close text, and the `reason` label of
-/// `switchboard_connections_closed_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    Client,
-    HeartbeatTimeout,
-    IdleTimeout,
-    SlowConsumer,
-    TokenExpired,
-    TooBig,
-    ProtocolError,
-    Shutdown,
+switchboard_ops::label_values! {
+    /// Why a connection ended: its close code, close text, and the `reason` label of
+    /// `switchboard_connections_closed_total`.
+    pub enum CloseReason {
+        Client => "client",
+        HeartbeatTimeout => "heartbeat_timeout",
+        IdleTimeout => "idle_timeout",
+        SlowConsumer => "slow_consumer",
+        TokenExpired => "token_expired",
+        TooBig => "too_big",
+        ProtocolError => "protocol_error",
+        Shutdown => "shutdown",
+    }
 }
 
 impl CloseReason {
@@ -85,84 +86,35 @@ impl CloseReason {
             Self::Shutdown => close::GOING_AWAY,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::HeartbeatTimeout => "heartbeat_timeout",
-            Self::IdleTimeout => "idle_timeout",
-            Self::SlowConsumer => "slow_consumer",
-            Self::TokenExpired => "token_expired",
-            Self::TooBig => "too_big",
-            Self::ProtocolError => "protocol_error",
-            Self::Shutdown => "shutdown",
-        }
-    }
 }
 
-/// Error codes, gRPC-style.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    Unauthenticated,
-    PermissionDenied,
-    InvalidArgument,
-    FailedPrecondition,
-    NotFound,
-    AlreadyExists,
-    Unimplemented,
-    Cancelled,
-    DeadlineExceeded,
-    ResourceExhausted,
-    Unavailable,
-    Aborted,
-    Internal,
+switchboard_ops::label_values! {
+    /// Error codes, gRPC-style: `payload.code` of ERROR and RPC_ERROR frames, and the
+    /// `code` label of `switchboard_errors_total`.
+    pub enum ErrorCode {
+        Unauthenticated => "UNAUTHENTICATED",
+        PermissionDenied => "PERMISSION_DENIED",
+        InvalidArgument => "INVALID_ARGUMENT",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        Unimplemented => "UNIMPLEMENTED",
+        Cancelled => "CANCELLED",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Unavailable => "UNAVAILABLE",
+        Aborted => "ABORTED",
+        Internal => "INTERNAL",
+    }
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
-        Self::Unauthenticated,
-        Self::PermissionDenied,
-        Self::InvalidArgument,
-        Self::FailedPrecondition,
-        Self::NotFound,
-        Self::AlreadyExists,
-        Self::Unimplemented,
-        Self::Cancelled,
-        Self::DeadlineExceeded,
-        Self::ResourceExhausted,
-        Self::Unavailable,
-        Self::Aborted,
-        Self::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "UNAUTHENTICATED",
-            Self::PermissionDenied => "PERMISSION_DENIED",
-            Self::InvalidArgument => "INVALID_ARGUMENT",
-            Self::FailedPrecondition => "FAILED_PRECONDITION",
-            Self::NotFound => "NOT_FOUND",
-            Self::AlreadyExists => "ALREADY_EXISTS",
-            Self::Unimplemented => "UNIMPLEMENTED",
-            Self::Cancelled => "CANCELLED",
-            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            Self::Unavailable => "UNAVAILABLE",
-            Self::Aborted => "ABORTED",
-            Self::Internal => "INTERNAL",
-        }
-    }
-
     /// Whether sending the same message again later can succeed.
     pub fn retryable(self) -> bool {
         matches!(
             self,
             Self::DeadlineExceeded | Self::ResourceExhausted | Self::Unavailable | Self::Aborted
         )
-    }
-
-    pub fn index(self) -> usize {
-        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use prometheus_client::registry::Registry;
+use switchboard_ops::metrics::CounterByName;
 use switchboard_spec::{Bucket, Charge, RateLimitKey};
 
 #[derive(Clone, Debug)]
@@ -57,6 +59,8 @@ impl TokenBucket {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limited {
     pub bucket: String,
+    /// The bucket's position in the app's list: its metric, resolved at start-up.
+    pub bucket_index: usize,
     /// Milliseconds until the whole charge would succeed, rounded up.
     pub retry_after_ms: u64,
 }
@@ -162,6 +166,7 @@ impl RateLimiter {
         if let Some((wait, bucket)) = worst {
             return Err(Limited {
                 bucket: self.buckets[bucket].name.clone(),
+                bucket_index: bucket,
                 retry_after_ms: (wait.as_secs_f64() * 1000.0).ceil() as u64,
             });
         }
@@ -194,6 +199,31 @@ impl RateLimiter {
 
     pub fn shared_buckets(&self) -> usize {
         self.shared.len()
+    }
+}
+
+/// Messages refused by each of the app's buckets.
+pub struct RateLimitMetrics {
+    /// In the app's bucket order, so a refusal counts by [`Limited::bucket_index`].
+    limited: CounterByName,
+}
+
+impl RateLimitMetrics {
+    pub fn register(registry: &mut Registry, buckets: &[Bucket]) -> Self {
+        let limited = CounterByName::register(
+            registry,
+            "switchboard_rate_limited",
+            "Client messages refused by a token bucket, by bucket",
+            "bucket",
+            buckets.iter().map(|b| b.name.as_str()),
+        );
+        Self { limited }
+    }
+
+    pub fn refused(&self, limited: &Limited) {
+        if let Some(c) = self.limited.at(limited.bucket_index) {
+            c.inc();
+        }
     }
 }
 
@@ -240,6 +270,7 @@ mod tests {
             err,
             Limited {
                 bucket: "a".into(),
+                bucket_index: 0,
                 retry_after_ms: 500
             }
         );

@@ -15,8 +15,9 @@ use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{self, NatsBus};
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::state::{AppState, metrics_for};
+use crate::state::AppState;
 use crate::{drain, gateway};
 use switchboard_ops::admin;
 
@@ -39,7 +40,7 @@ impl Server {
             &config.secrets_dir,
         )?;
         let instance: Arc<str> = Arc::from(config.instance);
-        let metrics = Arc::new(metrics_for(&app));
+        let metrics = Arc::new(Metrics::new(&app));
         let nats_url = config
             .nats_url
             .or_else(|| app.spec.nats.as_ref().map(|n| n.url.clone()));

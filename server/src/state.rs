@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use switchboard_spec::{CompiledApp, RouteAction};
+use switchboard_spec::CompiledApp;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -13,7 +13,6 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::handle::ConnectionHandle;
 use crate::metrics::Metrics;
-use crate::protocol;
 use crate::ratelimit::RateLimiter;
 use crate::topics::TopicRegistry;
 
@@ -99,32 +98,4 @@ impl switchboard_ops::admin::AdminState for AppState {
     fn encode_metrics(&self) -> String {
         self.metrics.encode()
     }
-}
-
-/// The app's metrics: per-type counters for its declared route types and for every
-/// type the server can send (system frames, errors, acks, emit and reply types).
-pub fn metrics_for(app: &CompiledApp) -> Metrics {
-    Metrics::new(app.routes.keys().map(String::as_str), sent_types(app)).with_app(app)
-}
-
-/// Every type the server can send for this app, so metrics count each without a lookup lock.
-fn sent_types(app: &CompiledApp) -> Vec<&str> {
-    let mut types = vec![
-        protocol::OPEN_TYPE,
-        protocol::DRAIN_TYPE,
-        protocol::ACK_TYPE,
-        protocol::ERROR_TYPE,
-        protocol::RPC_ERROR_TYPE,
-        protocol::HEARTBEAT_ACK_TYPE,
-    ];
-    for route in app.routes.values() {
-        match &route.action {
-            RouteAction::Publish { emit, .. } => types.push(emit),
-            RouteAction::Request { reply, .. } => types.push(reply),
-            _ => {}
-        }
-    }
-    types.sort_unstable();
-    types.dedup();
-    types
 }

@@ -8,6 +8,9 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use switchboard_spec::Topic;
 
 use crate::bus::Delivery;
@@ -44,9 +47,9 @@ impl TopicRegistry {
         let mut next: Vec<_> = entry.iter().cloned().collect();
         next.push(handle.clone());
         *entry = Arc::from(next);
-        self.metrics.subscriptions.inc();
+        self.metrics.topics.subscriptions.inc();
         if first {
-            self.metrics.topics.inc();
+            self.metrics.topics.topics.inc();
         }
     }
 
@@ -69,10 +72,10 @@ impl TopicRegistry {
             })
             .is_some();
         if removed {
-            self.metrics.subscriptions.dec();
+            self.metrics.topics.subscriptions.dec();
         }
         if emptied {
-            self.metrics.topics.dec();
+            self.metrics.topics.topics.dec();
         }
         emptied
     }
@@ -91,6 +94,8 @@ impl TopicRegistry {
             dropped = tracing::field::Empty,
         );
         let _entered = span.enter();
+        // Resolved once for every recipient of this delivery.
+        let sent = self.metrics.outbound.sent_counter(&delivery.message_type);
         let (mut queued, mut dropped) = (0, 0);
         for handle in subscribers.iter() {
             if delivery
@@ -100,7 +105,7 @@ impl TopicRegistry {
             {
                 continue;
             }
-            if handle.deliver(&delivery.frame, delivery.published_at, &self.metrics) {
+            if handle.deliver(&delivery.frame, delivery.published_at, sent) {
                 queued += 1;
             } else {
                 dropped += 1;
@@ -108,12 +113,46 @@ impl TopicRegistry {
         }
         span.record("recipients", queued);
         span.record("dropped", dropped);
-        self.metrics.fanout_recipients.observe(queued as f64);
-        self.metrics.sent(&delivery.message_type, queued as u64);
+        self.metrics.topics.fanout_recipients.observe(queued as f64);
         queued
     }
 
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
         self.topics.get(topic).map_or(0, |s| s.len())
+    }
+}
+
+/// Subscriptions held here and how wide each delivery fans out.
+pub struct TopicMetrics {
+    pub subscriptions: Gauge,
+    pub topics: Gauge,
+    pub fanout_recipients: Histogram,
+}
+
+impl TopicMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let subscriptions = Gauge::default();
+        registry.register(
+            "switchboard_subscriptions",
+            "Topic subscriptions held by local connections",
+            subscriptions.clone(),
+        );
+        let topics = Gauge::default();
+        registry.register(
+            "switchboard_topics",
+            "Topics with at least one local subscriber",
+            topics.clone(),
+        );
+        let fanout_recipients = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        registry.register(
+            "switchboard_fanout_recipients",
+            "Local recipients of one topic delivery",
+            fanout_recipients.clone(),
+        );
+        Self {
+            subscriptions,
+            topics,
+            fanout_recipients,
+        }
     }
 }

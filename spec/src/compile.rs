@@ -14,6 +14,7 @@ use std::time::Duration;
 use jsonschema::Validator;
 use serde_json::Value;
 
+use crate::action::{ForwardAction, PublishAction, RequestAction, RouteAction};
 use crate::topic::{TemplateVar, TopicPattern, TopicTemplate};
 use crate::types::{AppManifest, RateLimitKey, RealtimeAppSpec, SecretKeyRef, TopicAccess};
 
@@ -95,28 +96,6 @@ pub struct CompiledRoute {
     pub roles: Option<Vec<String>>,
     pub charges: Vec<Charge>,
     pub action: RouteAction,
-}
-
-/// A route's one action.
-#[derive(Debug)]
-pub enum RouteAction {
-    Subscribe(TopicTemplate),
-    Unsubscribe(TopicTemplate),
-    Publish {
-        topic: TopicTemplate,
-        emit: String,
-        exclude_self: bool,
-    },
-    Request {
-        subject: String,
-        timeout: Duration,
-        /// Type of the reply frame.
-        reply: String,
-        reply_validator: Option<Validator>,
-    },
-    Forward {
-        subject: String,
-    },
 }
 
 /// `cost` tokens from `buckets[bucket]`.
@@ -518,11 +497,11 @@ fn compile_action(
         if let Err(e) = check_type_name(&emit) {
             p.add(format!("{path}.publish.emit"), e);
         }
-        return Some(RouteAction::Publish {
+        return Some(RouteAction::Publish(PublishAction {
             topic,
             emit,
             exclude_self: a.exclude_self,
-        });
+        }));
     }
     if let Some(a) = &route.request {
         let timeout_ms = a.timeout_ms.unwrap_or(DEFAULT_RPC_TIMEOUT_MS);
@@ -547,18 +526,18 @@ fn compile_action(
                 .map_err(|e| p.add(format!("{path}.request.replySchema"), e))
                 .ok()
         });
-        return Some(RouteAction::Request {
+        return Some(RouteAction::Request(Arc::new(RequestAction {
             subject: a.subject.clone(),
             timeout: Duration::from_millis(u64::from(timeout_ms)),
             reply,
             reply_validator,
-        });
+        })));
     }
     let forward = route.forward.as_ref()?;
     check_subject(&forward.subject, &format!("{path}.forward.subject"), p);
-    Some(RouteAction::Forward {
+    Some(RouteAction::Forward(ForwardAction {
         subject: forward.subject.clone(),
-    })
+    }))
 }
 
 fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {

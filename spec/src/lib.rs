@@ -4,6 +4,7 @@
 //! [`CompiledApp`]. Both binaries use this one compiler, so the operator refuses
 //! exactly the specs the server would refuse.
 
+pub mod action;
 pub mod compile;
 #[cfg(feature = "crd")]
 pub mod crd;
@@ -11,9 +12,10 @@ mod schema;
 pub mod topic;
 pub mod types;
 
+pub use action::{ForwardAction, PublishAction, RequestAction, RouteAction};
 pub use compile::{
-    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, RouteAction,
-    SpecError, SpecErrors, compile,
+    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, SpecError,
+    SpecErrors, compile,
 };
 pub use topic::{Identity, RenderError, Topic, TopicError, TopicPattern, TopicTemplate};
 pub use types::*;
@@ -80,16 +82,14 @@ mod tests {
             assert!(app.routes.contains_key(ty), "{ty}");
         }
         let send = &app.routes["SEND_MESSAGE"];
-        assert!(
-            matches!(&send.action, RouteAction::Publish { emit, .. } if emit == "ROOM_MESSAGE")
-        );
+        assert!(matches!(&send.action, RouteAction::Publish(p) if p.emit == "ROOM_MESSAGE"));
         assert!(
             send.charges
                 .iter()
                 .all(|c| app.buckets[c.bucket].capacity <= 50)
         );
         assert!(
-            matches!(&app.routes["FETCH_PROFILE"].action, RouteAction::Request { reply, .. } if reply == "PROFILE")
+            matches!(&app.routes["FETCH_PROFILE"].action, RouteAction::Request(r) if r.reply == "PROFILE")
         );
     }
 }

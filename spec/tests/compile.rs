@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use switchboard_spec::{
-    ACK_TYPE, CompiledApp, RouteAction, SpecError, SpecErrors, TopicTemplate, load, parse_manifest,
+    ACK_TYPE, CompiledApp, PublishAction, RequestAction, RouteAction, SpecError, SpecErrors,
+    TopicTemplate, load, parse_manifest,
 };
 
 /// The smallest manifest that compiles: anonymous connections, one topic rule and one
@@ -888,7 +889,7 @@ fn request_timeout_bounds() {
         "type: ASK\nrequest: {subject: ask, timeoutMs: 300000}",
     ));
     assert!(matches!(&app.routes["ASK"].action,
-        RouteAction::Request { timeout, .. } if *timeout == Duration::from_millis(300_000)));
+        RouteAction::Request(r) if r.timeout == Duration::from_millis(300_000)));
 }
 
 #[test]
@@ -1078,11 +1079,11 @@ fn every_action_kind_compiles() {
     let send = &app.routes["SEND_MESSAGE"];
     assert_eq!(send.roles.as_deref(), Some(&["user".to_owned()][..]));
     match &send.action {
-        RouteAction::Publish {
+        RouteAction::Publish(PublishAction {
             topic,
             emit,
             exclude_self,
-        } => {
+        }) => {
             assert_eq!(topic.source(), "room:{roomId}");
             assert_eq!(emit, "ROOM_MESSAGE");
             assert!(*exclude_self);
@@ -1091,9 +1092,9 @@ fn every_action_kind_compiles() {
     }
 
     match &app.routes["TYPING"].action {
-        RouteAction::Publish {
+        RouteAction::Publish(PublishAction {
             emit, exclude_self, ..
-        } => {
+        }) => {
             assert_eq!(emit, "TYPING", "emit defaults to the route's type");
             assert!(!*exclude_self, "excludeSelf defaults to false");
         }
@@ -1101,12 +1102,13 @@ fn every_action_kind_compiles() {
     }
 
     match &app.routes["FETCH_PROFILE"].action {
-        RouteAction::Request {
-            subject,
-            timeout,
-            reply,
-            reply_validator,
-        } => {
+        RouteAction::Request(request) => {
+            let RequestAction {
+                subject,
+                timeout,
+                reply,
+                reply_validator,
+            } = &**request;
             assert_eq!(subject, "profile.fetch");
             assert_eq!(*timeout, Duration::from_millis(3000));
             assert_eq!(reply, "PROFILE");
@@ -1120,12 +1122,13 @@ fn every_action_kind_compiles() {
     let ping = &app.routes["PING_BACKEND"];
     assert!(ping.validator.is_none(), "no payload schema: any payload");
     match &ping.action {
-        RouteAction::Request {
-            subject,
-            timeout,
-            reply,
-            reply_validator,
-        } => {
+        RouteAction::Request(request) => {
+            let RequestAction {
+                subject,
+                timeout,
+                reply,
+                reply_validator,
+            } = &**request;
             assert_eq!(subject, "ping");
             assert_eq!(*timeout, Duration::from_millis(5000), "default RPC timeout");
             assert_eq!(reply, "$ws:ack");
@@ -1136,7 +1139,7 @@ fn every_action_kind_compiles() {
     }
 
     assert!(
-        matches!(&app.routes["NOTE"].action, RouteAction::Forward { subject } if subject == "notes.new")
+        matches!(&app.routes["NOTE"].action, RouteAction::Forward(f) if f.subject == "notes.new")
     );
     assert!(matches!(&app.routes["WATCH_INBOX"].action,
         RouteAction::Subscribe(t) if t.source() == "user:{user.id}"));
@@ -1169,7 +1172,8 @@ fn every_action_kind_compiles() {
 fn compiled_templates_render_like_parsed_ones() {
     // What the compiler keeps is the template as written, ready to render.
     let app = compiles(EVERY_ACTION);
-    let RouteAction::Publish { topic, .. } = &app.routes["SEND_MESSAGE"].action else {
+    let RouteAction::Publish(PublishAction { topic, .. }) = &app.routes["SEND_MESSAGE"].action
+    else {
         panic!("publish");
     };
     let identity = switchboard_spec::Identity {

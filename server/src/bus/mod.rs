@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use switchboard_ops::metrics::CounterByLabel;
 use switchboard_spec::{Identity, Topic};
 
 /// One topic delivery, encoded once. Every recipient gets these same bytes.
@@ -70,4 +74,79 @@ pub trait Bus: Send + Sync {
     /// Whether the bus has been usable at least once since start: a replica is not
     /// ready for clients before it can fan out to other replicas.
     fn is_ready(&self) -> bool;
+}
+
+switchboard_ops::label_values! {
+    /// Who published a topic message that arrived over NATS: the `source` of
+    /// `switchboard_bus_messages_received_total`.
+    pub enum BusSource {
+        /// Another replica (it stamps its origin header).
+        Replica => "replica",
+        /// A backend publishing into a topic.
+        Backend => "backend",
+    }
+}
+
+switchboard_ops::label_values! {
+    /// Why a backend's publish was dropped: the `reason` of `switchboard_bus_rejected_total`.
+    pub enum BusRejectReason {
+        NotJson => "not_json",
+        NoType => "no_type",
+        /// No route of the app emits that type.
+        UnknownType => "unknown_type",
+        /// The payload fails the schema of every route emitting that type.
+        InvalidPayload => "invalid_payload",
+    }
+}
+
+/// The bus's health and traffic. Registered with or without NATS, so dashboards and
+/// alerts see the same series on every pod.
+pub struct BusMetrics {
+    pub connected: Gauge,
+    pub publish_failures: Counter,
+    pub subscriptions: Gauge,
+    pub received: CounterByLabel<BusSource>,
+    pub rejected: CounterByLabel<BusRejectReason>,
+}
+
+impl BusMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let connected = Gauge::default();
+        registry.register(
+            "switchboard_bus_connected",
+            "1 while connected to NATS (0 without a NATS bus)",
+            connected.clone(),
+        );
+        let subscriptions = Gauge::default();
+        registry.register(
+            "switchboard_bus_subscriptions",
+            "Topic subjects this pod is subscribed to on NATS",
+            subscriptions.clone(),
+        );
+        let publish_failures = Counter::default();
+        registry.register(
+            "switchboard_bus_publish_failures",
+            "Publishes and forwards that could not be handed to NATS (local delivery still happened)",
+            publish_failures.clone(),
+        );
+        let received = CounterByLabel::register(
+            registry,
+            "switchboard_bus_messages_received",
+            "Topic messages received from NATS, by source (replica or backend)",
+            "source",
+        );
+        let rejected = CounterByLabel::register(
+            registry,
+            "switchboard_bus_rejected",
+            "Backend publishes dropped, by reason (not_json, no_type, unknown_type, invalid_payload)",
+            "reason",
+        );
+        Self {
+            connected,
+            publish_failures,
+            subscriptions,
+            received,
+            rejected,
+        }
+    }
 }

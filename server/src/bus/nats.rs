@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{Bus, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture};
+use super::{
+    Bus, BusRejectReason, BusSource, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture,
+};
 use crate::metrics::Metrics;
 use crate::protocol::{self, OutMeta};
 use crate::topics::TopicRegistry;
@@ -126,7 +128,7 @@ pub async fn connect(
     instance: &str,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<NatsConnection> {
-    let connected = metrics.bus_connected.clone();
+    let connected = metrics.bus.connected.clone();
     let connected_once = Arc::new(AtomicBool::new(false));
     let first = connected_once.clone();
     let client = async_nats::ConnectOptions::new()
@@ -216,7 +218,7 @@ impl NatsBus {
 
     fn enqueue(&self, out: Outgoing) -> Result<(), RpcError> {
         self.outgoing.try_send(out).map_err(|_| {
-            self.metrics.bus_publish_failures.inc();
+            self.metrics.bus.publish_failures.inc();
             RpcError::Unavailable("the bus is backed up".into())
         })
     }
@@ -332,7 +334,7 @@ async fn publish_loop(
             .publish_with_headers(out.subject, out.headers, out.payload)
             .await
         {
-            metrics.bus_publish_failures.inc();
+            metrics.bus.publish_failures.inc();
             debug!(error = %e, "bus publish failed");
         }
     }
@@ -368,7 +370,7 @@ async fn interest_loop(
             }
             _ => {}
         }
-        inbound.metrics.bus_subscriptions.set(active.len() as i64);
+        inbound.metrics.bus.subscriptions.set(active.len() as i64);
         // Requests are handled in order, so this follows the SUB (and its round trip)
         // of whichever request made the topic active.
         if let Some(tx) = confirmed {
@@ -407,8 +409,10 @@ struct Inbound {
 fn emitters(app: &CompiledApp) -> HashMap<String, Vec<Arc<CompiledRoute>>> {
     let mut map: HashMap<String, Vec<Arc<CompiledRoute>>> = HashMap::new();
     for route in app.routes.values() {
-        if let RouteAction::Publish { emit, .. } = &route.action {
-            map.entry(emit.clone()).or_default().push(route.clone());
+        if let RouteAction::Publish(publish) = &route.action {
+            map.entry(publish.emit.clone())
+                .or_default()
+                .push(route.clone());
         }
     }
     map
@@ -457,7 +461,7 @@ impl Inbound {
         }
         let _entered = span.enter();
         let delivery = if origin.is_some() {
-            self.metrics.bus_received("replica");
+            self.metrics.bus.received.inc(BusSource::Replica);
             Delivery {
                 topic: topic.clone(),
                 message_type: Arc::from(header(header::TYPE).unwrap_or_default()),
@@ -466,12 +470,12 @@ impl Inbound {
                 published_at: Instant::now(),
             }
         } else {
-            self.metrics.bus_received("backend");
+            self.metrics.bus.received.inc(BusSource::Backend);
             match self.backend_delivery(topic, &msg.payload, header(header::USER)) {
                 Ok(d) => d,
                 Err(reason) => {
-                    self.metrics.bus_rejected(reason);
-                    warn!(%topic, reason, "dropped a backend publish");
+                    self.metrics.bus.rejected.inc(reason);
+                    warn!(%topic, reason = reason.as_str(), "dropped a backend publish");
                     return;
                 }
             }
@@ -485,19 +489,22 @@ impl Inbound {
         topic: &Topic,
         body: &[u8],
         user: Option<String>,
-    ) -> Result<Delivery, &'static str> {
-        let envelope: Value = serde_json::from_slice(body).map_err(|_| "not_json")?;
+    ) -> Result<Delivery, BusRejectReason> {
+        let envelope: Value = serde_json::from_slice(body).map_err(|_| BusRejectReason::NotJson)?;
         let message_type = envelope
             .get("type")
             .and_then(Value::as_str)
-            .ok_or("no_type")?;
+            .ok_or(BusRejectReason::NoType)?;
         let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
-        let routes = self.emitters.get(message_type).ok_or("unknown_type")?;
+        let routes = self
+            .emitters
+            .get(message_type)
+            .ok_or(BusRejectReason::UnknownType)?;
         if !routes
             .iter()
             .any(|r| r.validator.as_ref().is_none_or(|v| v.is_valid(&payload)))
         {
-            return Err("invalid_payload");
+            return Err(BusRejectReason::InvalidPayload);
         }
         let frame = protocol::encode(
             message_type,

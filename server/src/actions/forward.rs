@@ -1,0 +1,26 @@
+//! `forward`: hand the payload to backends on a NATS subject, fire and forget;
+//! acknowledged once the bus has taken it.
+
+use bytes::Bytes;
+use serde_json::json;
+use switchboard_spec::ForwardAction;
+
+use super::bus_rejection;
+use crate::protocol::{Inbound, Rejection};
+use crate::session::Session;
+use crate::state::AppState;
+
+pub fn run(
+    state: &AppState,
+    session: &Session,
+    msg: &Inbound,
+    action: &ForwardAction,
+) -> Result<(), Rejection> {
+    let payload = Bytes::from(msg.payload.to_string());
+    state
+        .bus
+        .forward(&action.subject, payload, &session.identity)
+        .map_err(|e| bus_rejection(&e))?;
+    session.ack(msg, &json!({}));
+    Ok(())
+}
