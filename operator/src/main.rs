@@ -8,9 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use switchboard_operator::controller::{self, Context};
 use switchboard_operator::leader::{self, LeaderElector, LeaseConfig};
 use switchboard_operator::resources::Defaults;
+use switchboard_ops::shutdown::Shutdown;
 use switchboard_ops::{admin, telemetry};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -120,14 +120,26 @@ async fn operate(args: RunArgs, instance: String) -> anyhow::Result<()> {
     ));
 
     let watch = args.watch_namespaces;
-    let shutdown = CancellationToken::new();
+    // SIGTERM (the kubelet) or SIGINT (a terminal) starts a graceful stop: in-flight
+    // reconciles finish and the Lease is released. A second signal exits at once.
+    let stop = Shutdown::default();
+    stop.on_signals()
+        .context("cannot install signal handlers")?;
+    let (begin, now) = (stop.begin.clone(), stop.now.clone());
+    tokio::spawn(async move {
+        begin.cancelled().await;
+        info!("stopping");
+        now.cancelled().await;
+        warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    let shutdown = stop.begin.clone();
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::accept_loop(
         admin_listener,
         ctx.metrics.clone(),
         admin_stop.clone(),
     ));
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     info!(admin = %args.admin_listen, leader_elect = args.leader_elect, namespaces = ?watch, "operator started");
 
     if args.leader_elect {
@@ -171,22 +183,4 @@ async fn ready_when_api_answers(client: kube::Client, ctx: Arc<Context>) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-/// SIGTERM (the kubelet) or SIGINT (a terminal) starts a graceful stop: in-flight
-/// reconciles finish and the Lease is released.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    info!("stopping");
-    shutdown.cancel();
 }

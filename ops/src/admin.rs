@@ -16,7 +16,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 /// A complete, buffered HTTP response: every admin answer is small.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -44,20 +43,9 @@ pub async fn accept_loop<S: AdminState>(
     state: Arc<S>,
     stop: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    crate::listener::accept_until(listener, stop, "admin", move |stream, _| {
         let state = state.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, state.as_ref())) }
@@ -67,8 +55,9 @@ pub async fn accept_loop<S: AdminState>(
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn respond<B, S: AdminState>(req: &Request<B>, state: &S) -> HttpResponse {

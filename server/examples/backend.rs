@@ -30,10 +30,12 @@ use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-/// Headers the server sets on requests and forwards (see `server/src/bus/nats.rs`).
-const HEADER_USER: &str = "Sb-User";
-const HEADER_ROLES: &str = "Sb-Roles";
-const HEADER_ORIGIN: &str = "Sb-Origin";
+// Headers the server sets on requests and forwards, and the subject layout.
+use switchboard_server::bus::nats::header::{
+    ORIGIN as HEADER_ORIGIN, ROLES as HEADER_ROLES, USER as HEADER_USER,
+};
+use switchboard_server::bus::nats::{DEFAULT_SUBJECT_PREFIX, Subjects};
+use switchboard_spec::Topic;
 
 /// Backends answering `profile.fetch` share this queue group, so each request is
 /// answered by exactly one of them however many you run.
@@ -63,7 +65,7 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
 
-    let base = format!("sb.{}.{}", args.namespace, args.app);
+    let subjects = Subjects::new(DEFAULT_SUBJECT_PREFIX, &args.namespace, &args.app);
 
     // The first connection must succeed; after that async-nats reconnects on its own,
     // forever by default, and restores the subscriptions below when it does.
@@ -74,14 +76,14 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
 
     // (a) Requests from FETCH_PROFILE, load-balanced across the queue group.
-    let rpc_subject = format!("{base}.rpc.profile.fetch");
+    let rpc_subject = subjects.rpc("profile.fetch");
     let mut profiles = client
         .queue_subscribe(rpc_subject.clone(), PROFILE_QUEUE_GROUP.to_owned())
         .await
         .with_context(|| format!("cannot subscribe to {rpc_subject}"))?;
 
     // (b) Every forward route of the app: `>` matches one or more trailing tokens.
-    let evt_subject = format!("{base}.evt.>");
+    let evt_subject = subjects.event(">");
     let mut events = client
         .subscribe(evt_subject.clone())
         .await
@@ -95,7 +97,8 @@ async fn main() -> Result<()> {
     );
 
     // (c) Topic room:lobby is the subject `<base>.t.room.lobby`: one token per segment.
-    let lobby_subject = format!("{base}.t.room.lobby");
+    let lobby = Topic::parse("room:lobby").context("room:lobby is a topic")?;
+    let lobby_subject = subjects.topic(&lobby);
     let mut announce =
         tokio::time::interval_at(tokio::time::Instant::now() + ANNOUNCE_EVERY, ANNOUNCE_EVERY);
     announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,7 +117,7 @@ async fn main() -> Result<()> {
             }
             msg = events.next() => {
                 let Some(msg) = msg else { bail!("the subscription to {evt_subject} ended") };
-                print_event(&base, &msg);
+                print_event(subjects.base(), &msg);
             }
             _ = announce.tick() => {
                 announcements += 1;

@@ -25,6 +25,7 @@ use async_nats::{Client, Message};
 use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use switchboard_server::bus::nats::{DEFAULT_SUBJECT_PREFIX, Subjects, header};
 
 /// Every instance of this backend joins this queue group, so each request is answered
 /// exactly once however many instances run.
@@ -58,7 +59,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let rpc = format!("sb.{}.{}.rpc", args.namespace, args.app);
+    let subjects = Subjects::new(DEFAULT_SUBJECT_PREFIX, &args.namespace, &args.app);
 
     // After this first connection, async-nats reconnects by itself and restores the
     // subscriptions below.
@@ -68,12 +69,12 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
 
-    let get_subject = format!("{rpc}.quotes.get");
+    let get_subject = subjects.rpc("quotes.get");
     let mut gets = client
         .queue_subscribe(get_subject.clone(), QUEUE_GROUP.to_owned())
         .await
         .with_context(|| format!("cannot subscribe to {get_subject}"))?;
-    let list_subject = format!("{rpc}.quotes.symbols");
+    let list_subject = subjects.rpc("quotes.symbols");
     let mut lists = client
         .queue_subscribe(list_subject.clone(), QUEUE_GROUP.to_owned())
         .await
@@ -140,7 +141,7 @@ async fn reply(client: &Client, msg: &Message, answer: Value) {
     let user = msg
         .headers
         .as_ref()
-        .and_then(|h| h.get("Sb-User"))
+        .and_then(|h| h.get(header::USER))
         .map_or("-", |v| v.as_str());
     println!("{} from user {user}: {answer}", msg.subject);
     if let Err(e) = client.publish(reply_to, answer.to_string().into()).await {

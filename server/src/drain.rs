@@ -20,8 +20,8 @@ use tracing::info;
 
 use crate::handle::ConnectionHandle;
 use crate::protocol::{self, CloseReason};
-use crate::shutdown::Shutdown;
 use crate::state::AppState;
+use switchboard_ops::shutdown::Shutdown;
 
 /// At most this many close batches, however many connections there are.
 const MAX_BATCHES: usize = 20;

@@ -23,7 +23,7 @@ use serde_json::json;
 use switchboard_ops::metrics::CounterByLabel;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::admission::Refusal as AdmissionRefusal;
 use crate::connection;
@@ -42,22 +42,10 @@ pub use switchboard_ops::admin::HttpResponse;
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let handshake_timeout =
         Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
+    switchboard_ops::listener::accept_until(listener, stop, "websocket", move |stream, peer| {
         let state = state.clone();
-        tokio::spawn(async move {
+        async move {
+            let _ = stream.set_nodelay(true);
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
@@ -74,8 +62,9 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
                 Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
                 Err(_) => debug!(%peer, "handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {

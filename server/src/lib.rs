@@ -28,11 +28,10 @@ pub mod refresh;
 pub mod router;
 pub mod server;
 pub mod session;
-pub mod shutdown;
 pub mod state;
 pub mod topics;
 pub mod trace;
 
 pub use config::{Cli, ServerConfig};
 pub use server::Server;
-pub use shutdown::Shutdown;
+pub use switchboard_ops::shutdown::Shutdown;

@@ -16,10 +16,10 @@ use crate::bus::local::LocalBus;
 use crate::bus::nats::{self, NatsBus};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::{drain, gateway};
 use switchboard_ops::admin;
+use switchboard_ops::shutdown::Shutdown;
 
 /// How often idle shared rate-limit buckets are swept.
 const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);

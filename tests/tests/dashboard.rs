@@ -1,6 +1,7 @@
 //! The chart's Grafana dashboard (`charts/switchboard/dashboards/switchboard.json`): well
-//! formed, built only from metrics the binaries really export (DESIGN §7), and shipped
-//! by the chart as a ConfigMap that Grafana's dashboard sidecar picks up.
+//! formed, built only from metrics the binaries really export, and shipped by the chart
+//! as a ConfigMap that Grafana's dashboard sidecar picks up. And the README's metrics
+//! tables: exactly the metrics, kinds and labels the binaries export.
 //!
 //! "Exported" is read from the binaries themselves, never from a list kept by hand: the
 //! `# TYPE` lines of a fresh `switchboard-server` process's /metrics (the built-in app,
@@ -21,6 +22,7 @@ const DASHBOARD: &str = concat!(
     "/../charts/switchboard/dashboards/switchboard.json"
 );
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/switchboard");
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
 
 fn dashboard() -> Value {
     let text = std::fs::read_to_string(DASHBOARD).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"));
@@ -220,6 +222,123 @@ async fn every_dashboard_query_uses_metrics_the_binaries_export() {
             .collect::<Vec<_>>()
             .join("\n"),
         exported.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// A metric as exposed or documented: its kind and its label names.
+type Described = BTreeMap<String, (String, BTreeSet<String>)>;
+
+/// Every metric family of an exposition, named as PromQL queries it (counters with
+/// `_total`), with its kind and the label names of its samples (`le` aside).
+fn described_by_exposition(exposition: &str) -> Described {
+    let mut families = Described::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                let name = match kind {
+                    "counter" if !name.ends_with("_total") => format!("{name}_total"),
+                    _ => name.to_owned(),
+                };
+                families.insert(name, (kind.to_owned(), BTreeSet::new()));
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let sample = &line[..name_end];
+        let family = ["", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .filter_map(|s| sample.strip_suffix(s))
+            .find(|f| families.contains_key(*f))
+            .map(str::to_owned);
+        let Some(family) = family else { continue };
+        if let Some(labels) = line[name_end..]
+            .strip_prefix('{')
+            .and_then(|l| l.split_once('}'))
+            .map(|(l, _)| l)
+        {
+            for pair in labels.split("\",") {
+                if let Some((key, _)) = pair.split_once('=')
+                    && key != "le"
+                    && let Some((_, keys)) = families.get_mut(&family)
+                {
+                    keys.insert(key.trim().to_owned());
+                }
+            }
+        }
+    }
+    families
+}
+
+/// The rows of the README's metrics tables: `| `name{label,…}` | kind | meaning |`.
+fn described_by_readme(readme: &str) -> Described {
+    let mut rows = Described::new();
+    for line in readme.lines() {
+        let Some(rest) = line.strip_prefix("| `switchboard_") else {
+            continue;
+        };
+        let mut cells = rest.split('|');
+        let (Some(metric), Some(kind)) = (cells.next(), cells.next()) else {
+            continue;
+        };
+        let metric = format!("switchboard_{}", metric.trim().trim_end_matches('`'));
+        let (name, labels) = match metric.split_once('{') {
+            Some((name, labels)) => (
+                name.to_owned(),
+                labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .map(|l| l.trim().to_owned())
+                    .collect(),
+            ),
+            None => (metric, BTreeSet::new()),
+        };
+        rows.insert(name, (kind.trim().to_owned(), labels));
+    }
+    rows
+}
+
+#[tokio::test]
+async fn the_readme_metrics_tables_list_exactly_what_the_binaries_export() {
+    let readme = std::fs::read_to_string(README).unwrap_or_else(|e| panic!("{README}: {e}"));
+    let documented = described_by_readme(&readme);
+    let mut exported = described_by_exposition(&server_exposition().await);
+    let from_server = exported.len();
+    exported.extend(described_by_exposition(
+        &switchboard_operator::metrics::Metrics::new().encode(),
+    ));
+    assert!(
+        from_server > 20 && exported.len() > from_server,
+        "too few metrics parsed: {exported:?}"
+    );
+    assert!(
+        documented.len() > 20,
+        "too few README rows parsed: {documented:?}"
+    );
+    let show = |d: &Described| {
+        d.iter()
+            .map(|(n, (k, l))| format!("  {n} {k} {l:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let undocumented: Described = exported
+        .iter()
+        .filter(|(n, e)| documented.get(*n) != Some(*e))
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .collect();
+    let stale: Described = documented
+        .iter()
+        .filter(|(n, d)| exported.get(*n) != Some(*d))
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "the README's metrics tables disagree with the binaries.\nexported, not documented so:\n{}\ndocumented, not exported so:\n{}",
+        show(&undocumented),
+        show(&stale)
     );
 }
 

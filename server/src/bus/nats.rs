@@ -54,7 +54,11 @@ pub mod header {
 /// Publishes waiting for the publisher task before new ones are refused and counted.
 const OUTGOING_CAPACITY: usize = 8192;
 
-/// The subject layout of one app.
+/// `spec.nats.subjectPrefix` when the spec sets none.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "sb";
+
+/// The subject layout of one app: the one place it is spelled, for the server and for
+/// backends written in Rust (see `server/examples/`).
 #[derive(Clone, Debug)]
 pub struct Subjects {
     base: String,
@@ -86,6 +90,11 @@ impl Subjects {
 
     pub fn event(&self, subject: &str) -> String {
         format!("{}.evt.{subject}", self.base)
+    }
+
+    /// `<prefix>.<namespace>.<app>`, under which every subject of the app lives.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 }
 
@@ -178,7 +187,7 @@ impl NatsBus {
             .nats
             .as_ref()
             .and_then(|n| n.subject_prefix.clone())
-            .unwrap_or_else(|| "sb".to_owned());
+            .unwrap_or_else(|| DEFAULT_SUBJECT_PREFIX.to_owned());
         let subjects = Subjects::new(&prefix, &app.namespace, &app.name);
         let client = connection.client;
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);

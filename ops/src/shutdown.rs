@@ -1,7 +1,9 @@
-//! `Shutdown`: the two stages of stopping, passed down as a value.
+//! `Shutdown`: the two stages of stopping, passed down as a value, for both binaries.
 //!
-//! `begin` starts the orderly stop (first SIGTERM/SIGINT); `now` ends it at once
-//! (second signal). Tests trigger the same tokens instead of sending signals.
+//! `begin` starts the orderly stop (first SIGTERM from the kubelet, or SIGINT from a
+//! terminal): the server drains, the operator finishes its reconciles and releases its
+//! Lease. `now` ends it at once (a second signal). Tests trigger the same tokens
+//! instead of sending signals.
 
 use tokio_util::sync::CancellationToken;
 
