@@ -57,6 +57,12 @@ impl Telemetry {
     }
 }
 
+/// The filter without `RUST_LOG`. async-nats logs every client event at info, one line
+/// per failed reconnect attempt with no address or cause; the server logs NATS
+/// trouble itself (see `server/src/bus/outage.rs`), so the library's own lines start at
+/// warn.
+pub const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
+
 /// Installs logging and, when the environment asks for it, OTLP trace export.
 ///
 /// `service` names the process when `OTEL_SERVICE_NAME` does not; `instance` becomes
@@ -65,7 +71,8 @@ impl Telemetry {
 /// targets (spans that are log context too, like the operator's per-reconcile span).
 /// Must be called within a tokio runtime (the HTTP exporter runs on it).
 pub fn init(service: &str, instance: &str, also_export: &[&str]) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // Spans for export are never log lines, whatever RUST_LOG says.
     let filter = filter.add_directive(format!("{SPAN_TARGET}=off").parse()?);
     let json =

@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod nats;
+mod outage;
 
 use std::future::Future;
 use std::pin::Pin;

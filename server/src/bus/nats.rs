@@ -16,8 +16,8 @@
 //! its local fan-out.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subscriber};
@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::outage::{self, OutageLog};
 use super::{
     Bus, BusRejectReason, BusSource, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture,
 };
@@ -140,6 +141,8 @@ pub async fn connect(
     let connected = metrics.bus.connected.clone();
     let connected_once = Arc::new(AtomicBool::new(false));
     let first = connected_once.clone();
+    let outage = Arc::new(Mutex::new(OutageLog::default()));
+    let url_for_log: Arc<str> = Arc::from(url);
     let client = async_nats::ConnectOptions::new()
         .name(format!("switchboard-server {instance}"))
         .no_echo()
@@ -150,16 +153,34 @@ pub async fn connect(
         })
         .event_callback(move |event| {
             let (connected, first) = (connected.clone(), first.clone());
+            let (outage, url) = (outage.clone(), url_for_log.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        info!("connected to NATS");
+                        let failed = outage.lock().ok().and_then(|mut o| o.connected());
+                        info!(url = %url, failed_attempts = failed.unwrap_or(0), "connected to NATS");
                         connected.set(1);
                         first.store(true, Ordering::Release);
                     }
                     async_nats::Event::Disconnected => {
-                        warn!("disconnected from NATS; local delivery goes on");
+                        warn!(url = %url, "disconnected from NATS; local delivery goes on, reconnecting");
                         connected.set(0);
+                    }
+                    async_nats::Event::ClientError(async_nats::ClientError::Other(error)) => {
+                        let due = outage.lock().ok().and_then(|mut o| o.failed());
+                        match due {
+                            Some(1) => {
+                                let address = outage::first_address(&url);
+                                let cause = outage::probe(&address).await.unwrap_or_else(|| {
+                                    "TCP connects: the NATS handshake fails (TLS, credentials, or not a NATS server?)".to_owned()
+                                });
+                                warn!(url = %url, %error, %cause, "cannot connect to NATS; retrying every 2 s at most, local delivery goes on");
+                            }
+                            Some(n) => {
+                                warn!(url = %url, %error, failed_attempts = n, "NATS still unreachable; retrying");
+                            }
+                            None => {}
+                        }
                     }
                     other => debug!(event = %other, "NATS event"),
                 }

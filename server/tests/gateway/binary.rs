@@ -117,13 +117,23 @@ async fn start_default_app() -> Running {
     start_binary(&["--instance", "bin-0"]).await
 }
 
-/// Starts the binary on ephemeral loopback ports with `args` added, and waits until it
-/// serves.
+/// Starts the binary on ephemeral loopback ports with `args` added, logging at debug,
+/// and waits until it serves.
 pub async fn start_binary(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
+    start_binary_logging(args, Some("debug")).await
+}
+
+/// Like [`start_binary`], with `RUST_LOG` set to `filter` (`None`: the binary's default).
+pub async fn start_binary_logging(args: &[&str], filter: Option<&str>) -> Running {
+    let mut command = Command::new(BIN);
+    command
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "debug")
+        .args(args);
+    match filter {
+        Some(f) => command.env("RUST_LOG", f),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -330,5 +340,43 @@ async fn refused_upgrades_are_logged_bounded_and_without_the_token() {
     assert!(
         !log.contains("c2VjcmV0"),
         "part of the token leaked into the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_nats_is_logged_once_with_its_cause_then_ever_less_often() {
+    // A loopback port nothing listens on once the probe listener is gone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start_binary_logging(&["--instance", "bin-nats", "--nats-url", &url], None).await;
+    let log = eventually("the line of the 4th failed attempt", 30, || {
+        let log = server.log.lock().unwrap().clone();
+        async move { log.contains("failed_attempts=4").then_some(log) }
+    })
+    .await;
+    let nats: Vec<&str> = log.lines().filter(|l| l.contains("NATS")).collect();
+    let starts: Vec<&&str> = nats
+        .iter()
+        .filter(|l| l.contains("cannot connect to NATS"))
+        .collect();
+    assert_eq!(starts.len(), 1, "one line opens the outage:\n{log}");
+    for needle in [url.as_str(), "Connection refused", "retrying"] {
+        assert!(
+            starts[0].contains(needle),
+            "{needle} missing from {}",
+            starts[0]
+        );
+    }
+    assert!(nats[0].contains("cannot connect to NATS"), "{log}");
+    assert!(
+        !log.contains("failed_attempts=3"),
+        "every attempt was logged:\n{log}"
+    );
+    assert!(
+        !log.contains("async_nats"),
+        "the NATS client's own per-attempt lines are shown by default:\n{log}"
     );
 }
