@@ -39,11 +39,46 @@ pub const DEFAULT_JWT_LEEWAY_SECONDS: u32 = 30;
 pub struct SpecError {
     pub path: String,
     pub message: String,
+    /// The `type` of the route the path is in, when it is in one: people know their
+    /// routes by type, not by position, so messages name both.
+    pub route_type: Option<String>,
 }
 
+impl SpecError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            route_type: None,
+        }
+    }
+
+    /// The index `i` of a path in `spec.routes[i]`.
+    pub fn route_index(&self) -> Option<usize> {
+        let rest = self.path.strip_prefix("spec.routes[")?;
+        rest[..rest.find(']')?].parse().ok()
+    }
+
+    /// Fills [`SpecError::route_type`] from the type of the route at the path's index.
+    pub(crate) fn name_route(mut self, type_at: impl Fn(usize) -> Option<String>) -> Self {
+        self.route_type = self.route_index().and_then(type_at);
+        self
+    }
+}
+
+/// `spec.routes[3] (SEND_MESSAGE).publish.topic: …`
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        match (&self.route_type, self.path.find(']')) {
+            (Some(t), Some(end)) if self.route_index().is_some() => write!(
+                f,
+                "{} ({t}){}: {}",
+                &self.path[..=end],
+                &self.path[end + 1..],
+                self.message
+            ),
+            _ => write!(f, "{}: {}", self.path, self.message),
+        }
     }
 }
 
@@ -146,10 +181,7 @@ struct Problems(Vec<SpecError>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(SpecError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.0.push(SpecError::new(path, message));
     }
 }
 
@@ -181,7 +213,10 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
     let routes = compile_routes(spec, &buckets, &topics, &mut p);
     let jwt = compile_jwt(spec, &mut p);
     if !p.0.is_empty() {
-        return Err(SpecErrors(p.0));
+        let type_at = |i: usize| spec.routes.get(i).map(|r| r.message_type.clone());
+        return Err(SpecErrors(
+            p.0.into_iter().map(|e| e.name_route(type_at)).collect(),
+        ));
     }
     Ok(CompiledApp {
         name,

@@ -31,30 +31,72 @@ pub const RPC_ERROR_TYPE: &str = "RPC_ERROR";
 /// its shape is wrong (`spec.routes[2].topc: unknown field`).
 pub fn parse_manifest(yaml: &str) -> Result<AppManifest, SpecErrors> {
     let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| {
-        SpecErrors(vec![SpecError {
-            path: "(document)".into(),
-            message: format!("not valid YAML: {e}"),
-        }])
+        SpecErrors(vec![SpecError::new(
+            "(document)",
+            format!("not valid YAML: {e}"),
+        )])
     })?;
     if let Some(kind) = value.get("kind").and_then(|k| k.as_str())
         && kind != "RealtimeApp"
     {
-        return Err(SpecErrors(vec![SpecError {
-            path: "kind".into(),
-            message: format!("expected RealtimeApp, found {kind:?}"),
-        }]));
+        return Err(SpecErrors(vec![SpecError::new(
+            "kind",
+            format!("expected RealtimeApp, found {kind:?}"),
+        )]));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let type_at = |i: usize| {
+        value["spec"]["routes"][i]["type"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
-        SpecErrors(vec![SpecError {
-            path: if path == "." {
-                "(document)".into()
-            } else {
-                path
-            },
-            message: e.into_inner().to_string(),
-        }])
+        let path = if path == "." {
+            "(document)".to_owned()
+        } else {
+            path
+        };
+        let message = in_spec_words(&e.into_inner().to_string());
+        SpecErrors(vec![SpecError::new(path, message).name_route(type_at)])
     })
+}
+
+/// serde's messages name Rust types (`expected u32`, `invalid type: map`); a spec's
+/// author writes YAML, so say it in those words.
+fn in_spec_words(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected an object (key: value fields)"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid type: map", "invalid type: an object"),
+        ("invalid type: sequence", "invalid type: a list"),
+        ("invalid type: floating point", "invalid type: the number"),
+        ("invalid type: integer", "invalid type: the number"),
+        ("invalid value: integer", "invalid value: the number"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, spec) in WORDS {
+        out = out.replace(rust, spec);
+    }
+    // `expected struct RouteSpec` and the like: every struct is a YAML object.
+    while let Some(at) = out.find("expected struct ") {
+        let name_end = out[at + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |n| at + 16 + n);
+        out.replace_range(at..name_end, "expected an object");
+    }
+    out
 }
 
 /// [`parse_manifest`] then [`compile()`].

@@ -1216,3 +1216,55 @@ fn list_sizes_are_bounded_like_the_crd() {
     ));
     assert_has(&errors(&yaml), "spec.rateLimits[0].name", "longer than 63");
 }
+
+#[test]
+fn messages_name_the_route_by_its_type_as_well_as_its_index() {
+    let yaml = with_route("type: SEND_MESSAGE\npublish: {topic: \"nowhere:x\"}");
+    let errs = errors(&yaml);
+    assert_has(&errs, "spec.routes[1].publish.topic", "matches no pattern");
+    let shown = render(&errs);
+    assert!(
+        shown.contains("spec.routes[1] (SEND_MESSAGE).publish.topic: "),
+        "{shown}"
+    );
+    // Shape errors too, found before the spec is compiled.
+    let yaml = with_route("type: SEND_MESSAGE\npublish: {topc: x}");
+    let errs = errors(&yaml);
+    assert_eq!(errs[0].route_type.as_deref(), Some("SEND_MESSAGE"));
+    assert!(render(&errs).contains("spec.routes[1] (SEND_MESSAGE).publish.topc: "));
+    // Outside the routes, nothing is added.
+    let errs = errors(&edit(
+        "  auth:\n    anonymous: true\n",
+        "  auth:\n    anonymous: 3\n",
+    ));
+    assert_eq!(errs[0].route_type, None);
+    assert!(
+        render(&errs).starts_with("  spec.auth.anonymous: "),
+        "{}",
+        render(&errs)
+    );
+}
+
+#[test]
+fn shape_errors_are_in_yaml_words_not_rust_type_names() {
+    let errs = errors(&edit(
+        "  auth:\n    anonymous: true\n",
+        "  auth:\n    anonymous: true\n  limits:\n    maxConnections: ten\n",
+    ));
+    let shown = render(&errs);
+    assert_has(
+        &errs,
+        "spec.limits.maxConnections",
+        "expected a whole number from 0 to 4294967295",
+    );
+    assert!(!shown.contains("u32"), "{shown}");
+    let errs = errors(&edit(
+        "  topics:\n    - pattern: \"room:{roomId}\"\n",
+        "  topics: {pattern: x}\n",
+    ));
+    assert_has(
+        &errs,
+        "spec.topics",
+        "invalid type: an object, expected a list",
+    );
+}
