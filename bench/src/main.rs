@@ -58,10 +58,16 @@ fn main() -> ExitCode {
     // Connections still open are dropped with the runtime.
     rt.shutdown_background();
     match result {
-        Ok((report, ok)) => {
-            eprint!("{}", fanout::summary(&report));
-            println!("{report}");
-            if ok {
+        Ok(report) => {
+            eprint!("{report}");
+            match serde_json::to_string(&report) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("error: cannot encode the report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

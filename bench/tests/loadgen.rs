@@ -5,6 +5,9 @@
 //! The server binary comes from the target directory (`cargo build --bins` first;
 //! `hack/test-all.sh` does).
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};

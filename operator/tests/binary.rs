@@ -2,6 +2,9 @@
 //! (`/healthz`, `/readyz`, `/metrics`), leader election on a Lease released on SIGTERM,
 //! usage errors for bad flags.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

@@ -6,6 +6,9 @@
 //! [`edit`] (replace one exact piece of text) or [`with_spec`] / [`with_route`] (add
 //! lines), so the manifest under test differs from a valid one in one place only.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use switchboard_spec::{

@@ -6,6 +6,9 @@
 //! `control-plane`. The server's and the load generator's tests leave it off, so their
 //! examples and tests never compile kube or k8s-openapi.
 
+// A test harness: a failed setup step must stop the test that needs it, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod client;
 #[cfg(feature = "control-plane")]
 mod control_plane;

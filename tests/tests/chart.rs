@@ -2,6 +2,9 @@
 //! (`manifests/install.yaml`) rendered from it without drift, and install / upgrade /
 //! uninstall on a real kube-apiserver leaving nothing of the operator behind.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};

@@ -2,6 +2,9 @@
 //! apps stored with their JSON Schemas intact, cross-field rules enforced by the
 //! apiserver's CEL, the scale subresource working.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_spec::crd::RealtimeApp;

@@ -8,6 +8,9 @@
 //! no traffic) and of the operator's registry. Every labelled series is created at
 //! start-up, so a metric missing there is missing, not merely quiet.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -3,6 +3,9 @@
 //! with the CRD installed takes every document as `kubectl apply --server-side` would
 //! send it, with strict field validation. Each app's JWT Secret comes with the examples.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,9 @@
 //! Finally the apiserver's audit log shows the chart's RBAC rules are exactly what the
 //! operator used.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;

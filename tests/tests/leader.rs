@@ -2,6 +2,9 @@
 //! reconciles; the other takes over when the leader stops (released at once) or dies
 //! (after the claim expires), and a replica that is not leading never reconciles.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

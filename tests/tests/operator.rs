@@ -4,6 +4,9 @@
 //! garbage collection of children when the app is deleted. (No kubelet runs pods, so
 //! the assertions are on objects.)
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

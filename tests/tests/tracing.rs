@@ -4,6 +4,9 @@
 //! parent links and both instances. And the operator's reconcile span, with a child per
 //! applied object, exported over OTLP/HTTP.
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;

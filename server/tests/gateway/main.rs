@@ -1,6 +1,9 @@
 //! Integration tests of switchboard-server over real sockets (one test binary, many
 //! modules, so the suite links once).
 
+// Tests stop at the first failed step, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod binary;
 mod drain;
