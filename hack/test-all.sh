@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test tier, in order of cost. CI runs exactly this (.ci/run).
 #
-#   1. formatting and lints (cargo fmt, cargo clippy -D warnings)
+#   1. formatting, lints and hygiene: cargo fmt, cargo clippy -D warnings (with the
+#      workspace lints), cargo doc -D warnings (intra-doc links), cargo machete (unused
+#      dependencies), cargo deny (licenses, duplicate majors, sources; deny.toml)
 #   2. unit tests of every crate, and the server's integration tests: real
 #      switchboard-server instances on loopback ports driven by real WebSocket clients
 #      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM),
-#      and replicas sharing a real nats-server (server/tests/gateway/nats.rs)
+#      and replicas sharing a real nats-server (server/tests/gateway/nats.rs); the load
+#      generator against a real server (bench/tests)
 #   3. the control plane (tests/, operator/tests): real etcd + kube-apiserver (+
 #      kube-controller-manager's garbage collector): the CRD and its CEL rules, the
 #      operator's reconcile, leader election, the operator binary; the Helm chart
@@ -14,15 +17,32 @@
 #      account, kubectl apply, servers started from the ConfigMap it wrote, clients
 #      across two replicas over a real nats-server, scale, roll, delete
 #
-# Third-party test binaries (nats-server, etcd, kube-apiserver, kube-controller-manager,
-# kubectl, helm) come from hack/tools.sh, pinned and cached outside the repo, and are
-# put first on PATH.
+#   bash hack/test-all.sh          every tier (what CI runs)
+#   bash hack/test-all.sh --fast   tiers 1 and 2 only: no Go, no control plane; the only
+#                                  third-party binary is nats-server (a download)
+#
+# Third-party test binaries come from hack/tools.sh, pinned and cached outside the
+# repo, and are put first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+fast=false
+case "${1:-}" in
+  "") ;;
+  --fast) fast=true ;;
+  *)
+    echo "usage: bash hack/test-all.sh [--fast]" >&2
+    exit 2
+    ;;
+esac
+
+tools=()
+if $fast; then
+  tools=(nats-server cargo-machete cargo-deny)
+fi
 # Its last line is the directory of the binaries; a failure or an empty answer stops
 # here, loudly, instead of running the tests without their tools.
-if ! tools_out=$(bash hack/tools.sh); then
+if ! tools_out=$(bash hack/tools.sh "${tools[@]}"); then
   echo "hack/test-all.sh: hack/tools.sh failed (see its messages above)" >&2
   exit 1
 fi
@@ -38,11 +58,22 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-echo "== tier 1: format and lints"
+echo "== tier 1: format, lints and hygiene"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+cargo machete
+# Advisories need the RustSec database from GitHub, which this machine cannot reach;
+# the rest of the policy is checked offline.
+cargo deny --offline check licenses bans sources
 
-echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
 # The end-to-end tests run the binaries themselves; build them first so they are fresh.
 cargo build --workspace --bins
-cargo test --workspace
+if $fast; then
+  echo "== tier 2: unit and server integration tests (nats-server)"
+  cargo test -p switchboard-spec -p switchboard-ops -p switchboard-server -p switchboard-bench
+  cargo test -p switchboard-operator --lib
+else
+  echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
+  cargo test --workspace
+fi

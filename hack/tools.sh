@@ -15,11 +15,15 @@
 #                                     github.com/jaegertracing/jaeger/cmd/jaeger via
 #                                     hack/jaeger: its go.mod has a replace directive,
 #                                     which `go install pkg@version` refuses
+#   cargo-machete            0.9.2    cargo install --locked (unused dependencies)
+#   cargo-deny               0.20.2   cargo install --locked (licenses, bans, sources;
+#                                     policy in deny.toml)
 #
 # The Go builds take several minutes on a cold cache; afterwards this is instant.
 #
 #   bash hack/tools.sh                 every tool
-#   bash hack/tools.sh nats-server     only the named ones (nats-server etcd kube kubectl helm jaeger)
+#   bash hack/tools.sh nats-server     only the named ones (nats-server etcd kube kubectl helm
+#                                      jaeger cargo-machete cargo-deny)
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHBOARD_TOOLS_DIR:-$HOME/.cache/switchboard/tools}"
@@ -135,9 +139,25 @@ install_etcd() {
   touch "$stamp"
 }
 
+CARGO_MACHETE_VERSION=0.9.2
+CARGO_DENY_VERSION=0.20.2
+
+# `cargo install` into the same bin directory, with the crate's own lockfile.
+install_cargo_tool() {
+  local name=$1 version=$2
+  local stamp="$BIN/.$name-$version"
+  if [[ -x "$BIN/$name" && -f "$stamp" ]]; then
+    return
+  fi
+  echo "building $name $version (a few minutes, once)" >&2
+  cargo install --quiet --locked --root "$TOOLS_DIR" --version "$version" "$name" >&2
+  rm -f "$BIN/.$name"-*
+  touch "$stamp"
+}
+
 # Which tools: the names given as arguments, or all of them. `bash hack/tools.sh
 # nats-server` is all the README's NATS walkthrough needs (no Go, no builds).
-ALL_TOOLS=(nats-server etcd kube kubectl helm jaeger)
+ALL_TOOLS=(nats-server etcd kube kubectl helm jaeger cargo-machete cargo-deny)
 if (($# == 0)); then
   set -- "${ALL_TOOLS[@]}"
 fi
@@ -149,6 +169,8 @@ for tool in "$@"; do
     kubectl) install_kubectl ;;
     helm) install_helm ;;
     jaeger) install_jaeger ;;
+    cargo-machete) install_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION" ;;
+    cargo-deny) install_cargo_tool cargo-deny "$CARGO_DENY_VERSION" ;;
     *)
       echo "hack/tools.sh: unknown tool '$tool' (known: ${ALL_TOOLS[*]})" >&2
       exit 2
@@ -171,6 +193,8 @@ for tool in "$@"; do
     kube) report_version "$BIN/kube-apiserver" --version ;;
     kubectl) report_version "$BIN/kubectl" version --client ;;
     helm) report_version "$BIN/helm" version --short ;;
+    cargo-machete) report_version "$BIN/cargo-machete" --version ;;
+    cargo-deny) report_version "$BIN/cargo-deny" --version ;;
     jaeger) ;; # jaeger's version output starts a full configuration dump; the stamp pins it
   esac
 done

@@ -25,7 +25,7 @@ pub struct Cli {
     #[arg(long, env = "SWITCHBOARD_APP")]
     pub app: Option<PathBuf>,
 
-    /// Where Secrets named by secretRef/publicKeyRef are mounted: <dir>/<name>/<key>.
+    /// Where Secrets named by secretRef/publicKeyRef are mounted: `<dir>/<name>/<key>`.
     #[arg(
         long,
         env = "SWITCHBOARD_SECRETS_DIR",

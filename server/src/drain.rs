@@ -67,7 +67,7 @@ impl DrainPlan {
         self.spread * b as u32 / self.batches as u32
     }
 
-    /// What a client in batch `b` is told: reconnect at least [`MIN_RECONNECT_DELAY`]
+    /// What a client in batch `b` is told: reconnect at least `MIN_RECONNECT_DELAY`
     /// after its close, jittered within one more batch gap so the batch does not come
     /// back at once.
     pub fn reconnect_after(&self, b: usize, jitter: f64) -> Duration {

@@ -286,7 +286,7 @@ const UNENCODABLE_FRAME: &[u8] = br#"{"type":"ERROR","meta":{"timestamp":0},"pay
 /// Encodes one frame. The payload is a [`serde_json::Value`] on purpose: a `Value` has
 /// only string map keys and finite numbers, and `OutMeta` only strings and integers, so
 /// serializing them into a `Vec` cannot fail. Were that ever broken, the client gets
-/// [`UNENCODABLE_FRAME`] and the log says why, rather than an empty frame.
+/// `UNENCODABLE_FRAME` and the log says why, rather than an empty frame.
 pub fn encode(message_type: &str, meta: OutMeta<'_>, payload: &Value) -> Bytes {
     let frame = OutFrame {
         message_type,

@@ -2,7 +2,7 @@
 //!
 //! These types are the *declared* form: they mirror the YAML field by field so that
 //! `kubectl apply` and `switchboard-server --app FILE` read the same document. Nothing
-//! here is checked beyond its shape; [`crate::compile`] turns a spec into the checked,
+//! here is checked beyond its shape; [`crate::compile()`] turns a spec into the checked,
 //! ready-to-serve form and is the only place rules across fields live.
 
 use std::collections::BTreeMap;
