@@ -13,7 +13,7 @@ use std::time::Duration;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use switchboard_ops::metrics::{CounterByLabel, register_build_info};
+use switchboard_ops::metrics::{CounterByLabel, register, register_build_info};
 
 switchboard_ops::label_values! {
     /// How a reconcile ended: the `outcome` label.
@@ -58,11 +58,11 @@ impl ReconcileMetrics {
             "Reconciles that failed and will be retried, by error (kube_api, build)",
             "error",
         );
-        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register(
+        let duration = register(
+            registry,
             "switchboard_operator_reconcile_duration_seconds",
             "Time one reconcile took, API round trips included",
-            duration.clone(),
+            Histogram::new(exponential_buckets(0.005, 2.0, 12)),
         );
         Self {
             reconciles,
@@ -90,11 +90,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let reconcile = ReconcileMetrics::register(&mut registry);
-        let leader = Gauge::default();
-        registry.register(
+        let leader = register(
+            &mut registry,
             "switchboard_operator_leader",
             "1 while this replica holds the leader Lease and reconciles",
-            leader.clone(),
+            Gauge::default(),
         );
         // Which version leads, while an upgrade of the operator rolls.
         register_build_info(

@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// The values of one label, a closed set. Implemented by [`label_values!`](crate::label_values),
 /// which derives the index from the declaration order, so no table can disagree with it.
@@ -170,6 +170,18 @@ impl CounterByName {
     pub fn at(&self, index: usize) -> Option<&Counter> {
         self.counters.get(index)
     }
+}
+
+/// Registers `metric` as `name` and hands it back: a group keeps the handle it counts
+/// with, and the registry a clone of the same metric.
+pub fn register<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Registers `name` (a gauge, always 1) with the binary's version as its label: which

@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use switchboard_ops::metrics::CounterByLabel;
+use switchboard_ops::metrics::{CounterByLabel, register};
 use switchboard_spec::CompiledApp;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -401,11 +401,11 @@ pub struct ConnectionMetrics {
 
 impl ConnectionMetrics {
     pub fn register(registry: &mut Registry, app: &CompiledApp) -> Self {
-        let open = Gauge::default();
-        registry.register(
+        let open = register(
+            registry,
             "switchboard_connections",
             "Open WebSocket connections",
-            open.clone(),
+            Gauge::default(),
         );
         // On-call's headroom: `switchboard_connections` over this. Upgrades refused for
         // `capacity` only show once it is gone, and the limit lives in the app's spec,
@@ -417,11 +417,11 @@ impl ConnectionMetrics {
             "Open WebSocket connections this pod accepts (the app's limits.maxConnections)",
             max,
         );
-        let opened = Counter::default();
-        registry.register(
+        let opened = register(
+            registry,
             "switchboard_connections_opened",
             "WebSocket connections accepted",
-            opened.clone(),
+            Counter::default(),
         );
         let closed = CounterByLabel::register(
             registry,
@@ -429,11 +429,11 @@ impl ConnectionMetrics {
             "WebSocket connections closed, by reason",
             "reason",
         );
-        let frames_written = Counter::default();
-        registry.register(
+        let frames_written = register(
+            registry,
             "switchboard_frames_written",
             "WebSocket frames written to clients",
-            frames_written.clone(),
+            Counter::default(),
         );
         Self {
             open,

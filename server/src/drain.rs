@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use switchboard_ops::metrics::register;
 use tracing::info;
 
 use crate::handle::ConnectionHandle;
@@ -165,23 +166,23 @@ pub struct DrainMetrics {
 
 impl DrainMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let draining = Gauge::default();
-        registry.register(
+        let draining = register(
+            registry,
             "switchboard_draining",
             "1 while the pod drains for shutdown",
-            draining.clone(),
+            Gauge::default(),
         );
-        let drained_connections = Counter::default();
-        registry.register(
+        let drained_connections = register(
+            registry,
             "switchboard_drained_connections",
             "Connections closed by a drain",
-            drained_connections.clone(),
+            Counter::default(),
         );
-        let duration_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
+        let duration_seconds = register(
+            registry,
             "switchboard_drain_duration_seconds",
             "How long the last drain took, from the signal to the last connection closed",
-            duration_seconds.clone(),
+            Gauge::<f64, std::sync::atomic::AtomicU64>::default(),
         );
         Self {
             draining,

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use switchboard_ops::metrics::{CounterByLabel, CounterByName};
+use switchboard_ops::metrics::{CounterByLabel, CounterByName, register};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -187,11 +187,11 @@ impl OutboundMetrics {
             "reason",
         );
         // 50 µs .. ~1.6 s
-        let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register(
+        let delivery_latency = register(
+            registry,
             "switchboard_delivery_latency_seconds",
             "Time from a publish on this pod to the delivery frame's write to a subscriber's socket",
-            delivery_latency.clone(),
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         );
         Self {
             sent,

@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use switchboard_ops::metrics::register;
 use switchboard_spec::Topic;
 
 use crate::bus::Delivery;
@@ -131,23 +132,23 @@ pub struct TopicMetrics {
 
 impl TopicMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let subscriptions = Gauge::default();
-        registry.register(
+        let subscriptions = register(
+            registry,
             "switchboard_subscriptions",
             "Topic subscriptions held by local connections",
-            subscriptions.clone(),
+            Gauge::default(),
         );
-        let topics = Gauge::default();
-        registry.register(
+        let topics = register(
+            registry,
             "switchboard_topics",
             "Topics with at least one local subscriber",
-            topics.clone(),
+            Gauge::default(),
         );
-        let fanout_recipients = Histogram::new(exponential_buckets(1.0, 4.0, 10));
-        registry.register(
+        let fanout_recipients = register(
+            registry,
             "switchboard_fanout_recipients",
             "Local recipients of one topic delivery",
-            fanout_recipients.clone(),
+            Histogram::new(exponential_buckets(1.0, 4.0, 10)),
         );
         Self {
             subscriptions,

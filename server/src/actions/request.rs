@@ -8,7 +8,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use switchboard_ops::metrics::CounterByLabel;
+use switchboard_ops::metrics::{CounterByLabel, register};
 use switchboard_spec::RequestAction;
 use tracing::Instrument as _;
 
@@ -137,11 +137,11 @@ impl RpcMetrics {
             "outcome",
         );
         // 1 ms .. ~33 s
-        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        let duration = register(
+            registry,
             "switchboard_rpc_duration_seconds",
             "Time from sending a request to a backend to its outcome",
-            duration.clone(),
+            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         );
         Self { requests, duration }
     }

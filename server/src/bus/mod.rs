@@ -17,7 +17,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use switchboard_ops::metrics::CounterByLabel;
+use switchboard_ops::metrics::{CounterByLabel, register};
 use switchboard_spec::{Identity, Topic};
 
 /// One topic delivery, encoded once. Every recipient gets these same bytes.
@@ -112,23 +112,23 @@ pub struct BusMetrics {
 
 impl BusMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let connected = Gauge::default();
-        registry.register(
+        let connected = register(
+            registry,
             "switchboard_bus_connected",
             "1 while connected to NATS (0 without a NATS bus)",
-            connected.clone(),
+            Gauge::default(),
         );
-        let subscriptions = Gauge::default();
-        registry.register(
+        let subscriptions = register(
+            registry,
             "switchboard_bus_subscriptions",
             "Topic subjects this pod is subscribed to on NATS",
-            subscriptions.clone(),
+            Gauge::default(),
         );
-        let publish_failures = Counter::default();
-        registry.register(
+        let publish_failures = register(
+            registry,
             "switchboard_bus_publish_failures",
             "Publishes and forwards that could not be handed to NATS (local delivery still happened)",
-            publish_failures.clone(),
+            Counter::default(),
         );
         let received = CounterByLabel::register(
             registry,
