@@ -51,7 +51,7 @@ async fn an_invalid_app_names_the_field_and_exits_2_before_listening() {
         run_to_end(&["--app", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
     assert_eq!(code, 2, "{text}");
     assert!(
-        text.contains("spec.routes[2].publish.topic") && text.contains("{nope}"),
+        text.contains("spec.routes[2] (SAY).publish.topic") && text.contains("{nope}"),
         "{text}"
     );
     assert!(!text.contains("serving"), "{text}");
