@@ -73,7 +73,10 @@ pub struct Authenticator {
 
 struct JwtVerifier {
     policy: JwtPolicy,
-    validation: Validation,
+    /// One validation per key family the app allows, each listing only that family's
+    /// algorithms: jsonwebtoken refuses a validation whose algorithms span families, so
+    /// an app allowing both HS256 and RS256 is served by choosing on the header's `alg`.
+    validations: Vec<Validation>,
     hmac: Option<DecodingKey>,
     public: Option<DecodingKey>,
 }
@@ -226,7 +229,6 @@ impl JwtVerifier {
             _ => None,
         };
         let mut validation = Validation::new(algorithms.first().copied().unwrap_or_default());
-        validation.algorithms = algorithms;
         validation.leeway = u64::from(policy.leeway_seconds);
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
@@ -242,9 +244,23 @@ impl JwtVerifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
+        let mut validations: Vec<Validation> = Vec::new();
+        for alg in &algorithms {
+            match validations
+                .iter_mut()
+                .find(|v| v.algorithms.first().map(|a| a.family()) == Some(alg.family()))
+            {
+                Some(v) => v.algorithms.push(*alg),
+                None => {
+                    let mut v = validation.clone();
+                    v.algorithms = vec![*alg];
+                    validations.push(v);
+                }
+            }
+        }
         Ok(Self {
             policy: policy.clone(),
-            validation,
+            validations,
             hmac,
             public,
         })
@@ -254,18 +270,22 @@ impl JwtVerifier {
         let invalid = |m: &str| AuthError::Invalid(m.to_owned());
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(describe(&e)))?;
-        if !self.validation.algorithms.contains(&header.alg) {
+        let Some(validation) = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms.contains(&header.alg))
+        else {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not allowed (spec.auth.jwt.algorithms)",
                 header.alg
             )));
-        }
+        };
         let key = match header.alg.family() {
             AlgorithmFamily::Hmac => self.hmac.as_ref(),
             _ => self.public.as_ref(),
         }
         .ok_or_else(|| invalid("no key is configured for the token's algorithm"))?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| AuthError::Invalid(describe(&e)))?;
         let claims = data.claims;
         let user_id = match claims.get(&self.policy.user_id_claim) {
@@ -290,7 +310,7 @@ impl JwtVerifier {
         // occurrence keeps its place, so `user` stays first.
         let mut seen = std::collections::HashSet::new();
         roles.retain(|r| seen.insert(r.clone()));
-        let expires_at = Some(expiry(claims.get("exp"), self.validation.leeway)?);
+        let expires_at = Some(expiry(claims.get("exp"), validation.leeway)?);
         Ok(Authenticated {
             identity: Identity {
                 user_id,

@@ -254,3 +254,41 @@ async fn upgrades_from_origins_not_on_the_list_get_403() {
     server.client().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_app_may_allow_an_hmac_and_a_public_key_algorithm_at_once() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let app = with(
+        TEST_APP,
+        &[
+            ("algorithms: [HS256]", "algorithms: [HS256, ES256]"),
+            (
+                "secretRef: {name: jwt, key: secret}",
+                "secretRef: {name: jwt, key: secret}\n      publicKeyRef: {name: keys, key: ec-public.pem}",
+            ),
+        ],
+    );
+    let server = TestServer::start(&app).await;
+    let pem = std::fs::read(fixtures.join("ec-private.pem")).unwrap();
+    let es256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims("kim", 60),
+        &EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let c = server.client_with_token(&es256).await;
+    assert_eq!(c.open["user"]["id"], "kim");
+    let c = server.client_with_token(&hs256(claims("lee", 60))).await;
+    assert_eq!(c.open["user"]["id"], "lee");
+    // An algorithm of neither family is still refused.
+    let ed = std::fs::read(fixtures.join("ed25519-private.pem")).unwrap();
+    let eddsa = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims("kim", 60),
+        &EncodingKey::from_ed_pem(&ed).unwrap(),
+    )
+    .unwrap();
+    let r = refused(&format!("{}?access_token={eddsa}", server.url()), &[]).await;
+    assert_eq!(r.status, 401);
+    server.stop().await;
+}
