@@ -175,7 +175,7 @@ struct RawEnvelope {
     #[serde(rename = "type")]
     message_type: String,
     #[serde(default)]
-    meta: Option<RawMeta>,
+    meta: Option<ObjectOnly<RawMeta>>,
     #[serde(default)]
     payload: Option<Value>,
 }
@@ -201,11 +201,35 @@ pub struct BadEnvelope {
     pub correlation_id: Option<String>,
 }
 
+/// `T` read from a JSON object only. serde's derived `Deserialize` also accepts a struct
+/// written as an array of its fields (`["JOIN_ROOM", null, {…}]`), which the protocol
+/// does not allow (docs/PROTOCOL.md §2): an envelope and its `meta` are objects.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Objects<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Objects<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(Objects(std::marker::PhantomData))
+    }
+}
+
 pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
-    match serde_json::from_slice::<RawEnvelope>(text) {
-        Ok(raw) => {
+    match serde_json::from_slice::<ObjectOnly<RawEnvelope>>(text) {
+        Ok(ObjectOnly(raw)) => {
             let (correlation_id, traceparent) = match raw.meta {
-                Some(m) => (m.correlation_id, m.traceparent),
+                Some(ObjectOnly(m)) => (m.correlation_id, m.traceparent),
                 None => (None, None),
             };
             let bad = |message: &str| BadEnvelope {
@@ -376,6 +400,10 @@ mod tests {
             br#"{"type":""}"#,
             br#"{"type":"X","meta":{"timestamp":"yesterday"}}"#,
             br#"{"type":"X","meta":"m"}"#,
+            // serde's array form of a struct is not an envelope, nor of meta.
+            br#"["JOIN_ROOM",["ra"],{"roomId":"r"}]"#,
+            br#"["__heartbeat"]"#,
+            br#"{"type":"X","meta":["c1"]}"#,
         ] {
             assert!(
                 parse_inbound(bad).is_err(),
@@ -388,6 +416,14 @@ mod tests {
             "c".repeat(129)
         );
         assert!(parse_inbound(long.as_bytes()).is_err());
+        let array = parse_inbound(br#"["__heartbeat"]"#).unwrap_err();
+        assert!(
+            array.rejection.message.contains("a message is a JSON object"),
+            "{:?}",
+            array.rejection
+        );
+        // A null meta is no meta, as before.
+        assert!(parse_inbound(br#"{"type":"X","meta":null}"#).is_ok());
     }
 
     #[test]

@@ -80,6 +80,13 @@ async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() 
 
     c.send_text("[1,2,3]").await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+    // serde's array form of the envelope struct is not an envelope either.
+    c.send_text(r#"["__heartbeat"]"#).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+    c.send_text(r#"["JOIN_ROOM",["ra"],{"roomId":"r"}]"#).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
+    c.send_text(r#"{"type":"__heartbeat","meta":["c1"]}"#).await;
+    assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
 
     c.send_text(r#"{"payload":{}}"#).await;
     assert_error(&c.recv().await, "ERROR", "INVALID_ARGUMENT", None);
@@ -106,7 +113,7 @@ async fn every_bad_message_gets_exactly_one_error_and_the_connection_lives_on() 
     let m = server.metrics().await;
     assert_eq!(
         metric(&m, r#"switchboard_errors_total{code="INVALID_ARGUMENT"}"#),
-        Some(6.0),
+        Some(9.0),
         "{m}"
     );
     assert_eq!(
