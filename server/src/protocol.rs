@@ -19,6 +19,18 @@ pub const HEARTBEAT_TYPE: &str = "__heartbeat";
 pub const HEARTBEAT_ACK_TYPE: &str = "__heartbeat_ack";
 /// Longest `meta.correlationId` accepted.
 pub const MAX_CORRELATION_ID: usize = 128;
+/// Most characters of one error message: messages quote what they refuse (a schema
+/// error repeats the offending value), and an error frame must stay small whatever the
+/// input was (docs/PROTOCOL.md §4).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 256;
+
+/// `text` cut to [`MAX_ERROR_MESSAGE_CHARS`] characters, saying how much was left out.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),
+    }
+}
 
 /// Every WebSocket close code the server sends, and nothing else (docs/PROTOCOL.md §7 has
 /// the same table for client authors). No close code is written as a number anywhere else
@@ -129,10 +141,11 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The message is clipped ([`clip`]): it may quote client input.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: clip(&message.into()),
             retryable: code.retryable(),
             retry_after_ms: None,
             details: None,
@@ -152,7 +165,8 @@ impl Rejection {
 
     /// An invalid field, located by its JSON pointer.
     pub fn invalid_field(pointer: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
+        let (pointer, message) = (clip(pointer), clip(&message.into()));
+        let pointer = pointer.as_str();
         Self::new(ErrorCode::InvalidArgument, message.clone()).with_details(
             json!({"field": pointer, "errors": [{"pointer": pointer, "message": message}]}),
         )
@@ -418,12 +432,24 @@ mod tests {
         assert!(parse_inbound(long.as_bytes()).is_err());
         let array = parse_inbound(br#"["__heartbeat"]"#).unwrap_err();
         assert!(
-            array.rejection.message.contains("a message is a JSON object"),
+            array
+                .rejection
+                .message
+                .contains("a message is a JSON object"),
             "{:?}",
             array.rejection
         );
         // A null meta is no meta, as before.
         assert!(parse_inbound(br#"{"type":"X","meta":null}"#).is_ok());
+    }
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(1000);
+        let clipped = clip(&long);
+        assert!(clipped.starts_with(&"é".repeat(MAX_ERROR_MESSAGE_CHARS)));
+        assert!(clipped.ends_with("… (1488 more bytes)"), "{clipped}");
     }
 
     #[test]

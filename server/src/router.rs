@@ -188,7 +188,12 @@ fn check_route(
         let errors: Vec<Value> = validator
             .iter_errors(&msg.payload)
             .take(MAX_REPORTED_ERRORS)
-            .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+            .map(|e| {
+                json!({
+                    "pointer": protocol::clip(&e.instance_path().to_string()),
+                    "message": protocol::clip(&e.to_string()),
+                })
+            })
             .collect();
         if let Some(first) = errors.first() {
             let pointer = first["pointer"].as_str().unwrap_or_default().to_owned();

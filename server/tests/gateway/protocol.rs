@@ -194,3 +194,28 @@ async fn topic_values_that_would_reach_a_nats_wildcard_or_another_app_are_refuse
     c.assert_alive().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_error_repeats_a_bounded_part_of_what_it_refuses() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client().await;
+    c.call("JOIN", "j", json!({"roomId": "r1"})).await;
+    let e = c
+        .call(
+            "SAY",
+            "big",
+            json!({"roomId": "r1", "text": "x".repeat(1_900)}),
+        )
+        .await;
+    assert_error(&e, "ERROR", "INVALID_ARGUMENT", Some("big"));
+    assert!(e.to_string().len() < 1_500, "{} bytes", e.to_string().len());
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more bytes)"),
+        "{e}"
+    );
+    c.assert_alive().await;
+    server.stop().await;
+}
