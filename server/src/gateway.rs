@@ -182,6 +182,7 @@ fn upgrade(
     state: &Arc<AppState>,
     peer: SocketAddr,
 ) -> Result<HttpResponse, Refused> {
+    check_handshake(req)?;
     if state.is_draining() {
         return Err(Box::new(
             Refusal::new(
@@ -345,16 +346,75 @@ fn token_from(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
         .find_map(|p| p.strip_prefix("bearer.").map(str::to_owned))
 }
 
-/// A browser fails the handshake unless the server picks one of the offered
-/// subprotocols: prefer ours, then any non-token one, and echo the token one only when
-/// it is all the client offered.
-fn choose_protocol(offered: &[String]) -> Option<&str> {
+/// What RFC 6455 §4.2.1 asks of an opening handshake, checked before anything else so
+/// a malformed one gets a clear status instead of a 101 that goes nowhere: HTTP/1.1,
+/// a Host, exactly one `Sec-WebSocket-Key` that is base64 of 16 bytes, and version 13
+/// (otherwise 426 naming it, §4.2.2).
+fn check_handshake(req: &Request<Incoming>) -> Result<(), Refused> {
+    let bad = |message: &str| {
+        Box::new(Refusal::new(
+            RejectReason::BadRequest,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            message,
+        ))
+    };
+    if req.version() != hyper::Version::HTTP_11 {
+        return Err(bad("a WebSocket upgrade needs HTTP/1.1"));
+    }
+    if req.headers().get_all(header::HOST).iter().count() != 1 {
+        return Err(bad("the upgrade request needs exactly one Host header"));
+    }
+    let versions: Vec<&HeaderValue> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .collect();
+    if versions.len() != 1 || versions[0].as_bytes() != b"13" {
+        return Err(Box::new(
+            Refusal::new(
+                RejectReason::BadRequest,
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::FailedPrecondition,
+                "this server speaks WebSocket version 13 (Sec-WebSocket-Version: 13)",
+            )
+            .with_header(header::SEC_WEBSOCKET_VERSION, "13"),
+        ));
+    }
+    let keys: Vec<&HeaderValue> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_KEY)
+        .iter()
+        .collect();
+    if keys.len() != 1 || !is_handshake_key(keys[0].as_bytes()) {
+        return Err(bad(
+            "Sec-WebSocket-Key must be given once, as the base64 of 16 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `key` is the base64 of exactly 16 bytes: 22 characters of the alphabet (the
+/// last carrying only 2 bits, so its low 4 are zero) and `==`.
+fn is_handshake_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sextet = |c: u8| ALPHABET.iter().position(|a| *a == c);
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|c| sextet(*c).is_some())
+        && sextet(key[21]).is_some_and(|v| v & 0x0f == 0)
+}
+
+/// The subprotocol to select: `switchboard.v1` when offered, else none (RFC 6455
+/// §4.2.2: only one the server speaks). Never `bearer.<token>`: the response header
+/// would carry the token to every proxy log on the way. A browser that offers only the
+/// token therefore fails the handshake; it must offer `switchboard.v1` beside it
+/// (docs/PROTOCOL.md §1).
+fn choose_protocol(offered: &[String]) -> Option<&'static str> {
     offered
         .iter()
-        .find(|p| *p == protocol::PROTOCOL)
-        .or_else(|| offered.iter().find(|p| !p.starts_with("bearer.")))
-        .or_else(|| offered.first())
-        .map(String::as_str)
+        .any(|p| p == protocol::PROTOCOL)
+        .then_some(protocol::PROTOCOL)
 }
 
 pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> HttpResponse {
@@ -366,4 +426,25 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Htt
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handshake_keys_are_base64_of_16_bytes() {
+        assert!(super::is_handshake_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b"dGhlIHNhbXBsZSBub25jZQ"[..],
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j!Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==dGhl",
+            b"",
+        ] {
+            assert!(
+                !super::is_handshake_key(bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

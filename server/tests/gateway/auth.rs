@@ -292,3 +292,36 @@ async fn an_app_may_allow_an_hmac_and_a_public_key_algorithm_at_once() {
     assert_eq!(r.status, 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn only_switchboard_v1_is_ever_selected_and_never_the_token() {
+    let server = TestServer::start(TEST_APP).await;
+    let token = hs256(claims("alice", 60));
+    let offer = |protocols: &str| {
+        let mut h: Vec<String> = UPGRADE_HEADERS.iter().map(|s| s.to_string()).collect();
+        h.push(format!("Sec-WebSocket-Protocol: {protocols}"));
+        h
+    };
+    for (offered, selected) in [
+        ("evil.v9".to_owned(), None),
+        (format!("bearer.{token}"), None),
+        (format!("evil.v9, bearer.{token}"), None),
+        (
+            format!("bearer.{token}, switchboard.v1"),
+            Some("switchboard.v1"),
+        ),
+    ] {
+        let headers = offer(&offered);
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let head = raw_handshake(server.ws, &refs).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{offered}: {head}");
+        let chosen = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("sec-websocket-protocol:")
+                .map(|v| v.trim().to_owned())
+        });
+        assert_eq!(chosen.as_deref(), selected, "{offered}: {head}");
+        assert!(!head.contains(&token), "the token is echoed: {head}");
+    }
+    server.stop().await;
+}

@@ -250,3 +250,40 @@ pub fn assert_error(frame: &Value, error_type: &str, code: &str, correlation_id:
         None => assert!(frame["meta"].get("correlationId").is_none(), "{frame}"),
     }
 }
+
+/// Sends a hand-written upgrade request (`GET /ws`, `Host`, then `headers`, one
+/// `Name: value` each) and returns the response head (status line and headers), for
+/// handshakes a WebSocket library would refuse to send or to accept.
+pub async fn raw_handshake(addr: SocketAddr, headers: &[&str]) -> String {
+    let mut request = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    raw_request(addr, &request).await
+}
+
+/// Sends `request` as it is and returns the response head.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The usual upgrade headers, key and version included.
+pub const UPGRADE_HEADERS: [&str; 4] = [
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+];

@@ -219,3 +219,62 @@ async fn an_error_repeats_a_bounded_part_of_what_it_refuses() {
     c.assert_alive().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_opening_handshakes_get_400_and_other_versions_426() {
+    let server = TestServer::start(TEST_APP).await;
+    let [connection, upgrade, key, version] = UPGRADE_HEADERS;
+    let head = raw_handshake(server.ws, &UPGRADE_HEADERS).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    let head = raw_handshake(
+        server.ws,
+        &[connection, upgrade, key, "Sec-WebSocket-Version: 8"],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+    for (what, headers) in [
+        (
+            "a key that is not base64 of 16 bytes",
+            vec![connection, upgrade, "Sec-WebSocket-Key: c2hvcnQ=", version],
+        ),
+        (
+            "two keys",
+            vec![
+                connection,
+                upgrade,
+                key,
+                "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==",
+                version,
+            ],
+        ),
+        ("no key", vec![connection, upgrade, version]),
+    ] {
+        let head = raw_handshake(server.ws, &headers).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{what}: {head}");
+    }
+    let all = UPGRADE_HEADERS.join("\r\n");
+    let no_host = raw_request(server.ws, &format!("GET /ws HTTP/1.1\r\n{all}\r\n\r\n")).await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "no Host: {no_host}");
+    let old = raw_request(
+        server.ws,
+        &format!("GET /ws HTTP/1.0\r\nHost: {}\r\n{all}\r\n\r\n", server.ws),
+    )
+    .await;
+    assert!(old.contains(" 400 "), "HTTP/1.0: {old}");
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchboard_upgrades_rejected_total{reason="bad_request"}"#
+        ),
+        Some(6.0),
+        "{m}"
+    );
+    server.stop().await;
+}
