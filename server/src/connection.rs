@@ -146,6 +146,12 @@ async fn read_loop(
                     .close(protocol::close::NORMAL, CloseReason::Client);
                 break;
             }
+            Err(WebSocketError::InvalidUTF8) => {
+                handle
+                    .queue
+                    .close(protocol::close::INVALID_DATA, CloseReason::ProtocolError);
+                break;
+            }
             Err(e) => {
                 debug!(error = %e, "protocol error");
                 handle
@@ -196,16 +202,25 @@ async fn read_loop(
                         payload_bytes(&frame),
                     )));
             }
-            OpCode::Pong => session.liveness.touch_pong(),
-            OpCode::Close => {
-                let code = match payload_bytes(&frame) {
-                    [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
-                    _ => protocol::close::NORMAL,
-                };
-                // Echo the client's code, as RFC 6455 asks, when it is one we may send.
+            // fastwebsockets bounds pings itself, not pongs or closes.
+            OpCode::Pong | OpCode::Close
+                if frame.payload.len() > protocol::close::MAX_CONTROL_PAYLOAD =>
+            {
                 handle
                     .queue
-                    .close(protocol::close::echo(code), CloseReason::Client);
+                    .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
+                break;
+            }
+            OpCode::Pong => session.liveness.touch_pong(),
+            OpCode::Close => {
+                // Echo the client's code, as RFC 6455 asks, when the close is well formed.
+                let (code, well_formed) = protocol::close::answer(payload_bytes(&frame));
+                let reason = if well_formed {
+                    CloseReason::Client
+                } else {
+                    CloseReason::ProtocolError
+                };
+                handle.queue.close(code, reason);
                 break;
             }
             _ => {

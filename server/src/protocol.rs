@@ -42,10 +42,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down, after `$ws:drain`: reconnect elsewhere.
     pub const GOING_AWAY: u16 = 1001;
-    /// The client broke RFC 6455 framing (a stray continuation, a new message
-    /// mid-fragment, invalid UTF-8 in a single text frame).
+    /// The client broke RFC 6455 framing: a stray continuation, a new message
+    /// mid-fragment, a control frame over 125 bytes, a malformed close frame.
     pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A reassembled fragmented text message that is not valid UTF-8.
+    /// A text message (whole or reassembled) or a close reason that is not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
     /// A message larger than `limits.maxPayloadBytes`, fragments counted together.
     pub const TOO_BIG: u16 = 1009;
@@ -58,13 +58,28 @@ pub mod close {
     /// The token's `exp` (plus leeway) passed without a `$ws:auth` refresh.
     pub const TOKEN_EXPIRED: u16 = 4401;
 
-    /// The code to answer a client's close with: its own when RFC 6455 lets an endpoint
-    /// send it (1000–1003, or the registered and private ranges 3000–4999), else 1000.
-    pub fn echo(client_code: u16) -> u16 {
-        if (1000..=1003).contains(&client_code) || (3000..=4999).contains(&client_code) {
-            client_code
-        } else {
-            NORMAL
+    /// Longest payload of a control frame (ping, pong, close), RFC 6455 §5.5.
+    pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+    /// How the server answers a client's close frame (RFC 6455 §5.5.1, §7.4): 1000 for
+    /// an empty one; the client's own code when an endpoint may send it (1000–1003,
+    /// 1007–1014, 3000–4999); 1002 for a malformed close (one byte, or a code no
+    /// endpoint may send: 1004–1006, 1015, below 1000, 1016–2999, 5000 and up); 1007 for
+    /// a reason that is not UTF-8. The bool says whether the close was well formed.
+    pub fn answer(payload: &[u8]) -> (u16, bool) {
+        match payload {
+            [] => (NORMAL, true),
+            [_] => (PROTOCOL_ERROR, false),
+            [hi, lo, reason @ ..] => {
+                let code = u16::from_be_bytes([*hi, *lo]);
+                if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                    (PROTOCOL_ERROR, false)
+                } else if std::str::from_utf8(reason).is_err() {
+                    (INVALID_DATA, false)
+                } else {
+                    (code, true)
+                }
+            }
         }
     }
 }
@@ -471,21 +486,21 @@ mod tests {
     }
 
     #[test]
-    fn a_client_close_is_echoed_only_with_codes_an_endpoint_may_send() {
-        for (client, echoed) in [
-            (1000, 1000),
-            (1001, 1001),
-            (1003, 1003),
-            (1005, 1000),
-            (1006, 1000),
-            (1015, 1000),
-            (2999, 1000),
-            (3000, 3000),
-            (4999, 4999),
-            (5000, 1000),
+    fn a_client_close_is_echoed_only_when_well_formed() {
+        let close = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
         ] {
-            assert_eq!(close::echo(client), echoed, "{client}");
+            assert_eq!(close::answer(&close(code, b"bye")), (code, true), "{code}");
         }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(close::answer(&close(code, b"")), (1002, false), "{code}");
+        }
+        assert_eq!(close::answer(&[]), (1000, true));
+        assert_eq!(close::answer(&[3]), (1002, false), "one byte is no code");
+        assert_eq!(close::answer(&close(1000, &[0xff, 0xfe])), (1007, false));
     }
 
     #[test]

@@ -287,3 +287,98 @@ pub const UPGRADE_HEADERS: [&str; 4] = [
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     "Sec-WebSocket-Version: 13",
 ];
+
+/// A WebSocket client written by hand on a TCP stream, for frames a WebSocket library
+/// will not send: oversized control frames, malformed closes, invalid UTF-8.
+pub struct RawWs {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades (anonymously) and reads past `$ws:open`.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\n{}\r\n\r\n",
+            UPGRADE_HEADERS.join("\r\n")
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let mut ws = Self { stream };
+        let (opcode, open) = ws.read_frame().await.unwrap();
+        assert_eq!(opcode, 1, "the first frame is text");
+        assert!(String::from_utf8_lossy(&open).contains("$ws:open"));
+        ws
+    }
+
+    /// Writes one masked frame: `opcode`, `fin`, `payload`.
+    pub async fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame (opcode, payload); `None` at EOF or after 5 s of silence.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut head = [0u8; 2];
+            self.stream.read_exact(&mut head).await.ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    self.stream.read_exact(&mut l).await.ok()?;
+                    u64::from(u16::from_be_bytes(l))
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    self.stream.read_exact(&mut l).await.ok()?;
+                    u64::from_be_bytes(l)
+                }
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; len as usize];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            Some((head[0] & 0x0f, payload))
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Reads until the server's close frame; its code (`None`: EOF without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.read_frame().await?;
+            if opcode == 8 {
+                return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            }
+        }
+    }
+}

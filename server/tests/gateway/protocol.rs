@@ -278,3 +278,45 @@ async fn malformed_opening_handshakes_get_400_and_other_versions_426() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn frames_that_break_rfc_6455_close_with_its_codes() {
+    let server = TestServer::start(TEST_APP).await;
+    let close = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+    let cases: Vec<(&str, u8, Vec<u8>, u16)> = vec![
+        (
+            "invalid UTF-8 in one text frame",
+            1,
+            vec![b'{', 0xff, b'}'],
+            1007,
+        ),
+        ("a 126-byte pong", 10, vec![b'p'; 126], 1002),
+        ("a 126-byte close", 8, close(1000, &[b'r'; 124]), 1002),
+        ("a one-byte close", 8, vec![3], 1002),
+        (
+            "close 1005, which no endpoint may send",
+            8,
+            close(1005, b""),
+            1002,
+        ),
+        ("close 999", 8, close(999, b""), 1002),
+        ("close 2999", 8, close(2999, b""), 1002),
+        ("close 5000", 8, close(5000, b""), 1002),
+        (
+            "a close reason that is not UTF-8",
+            8,
+            close(1000, &[0xc3, 0x28]),
+            1007,
+        ),
+        ("close 1008 is echoed", 8, close(1008, b"policy"), 1008),
+        ("close 1011 is echoed", 8, close(1011, b""), 1011),
+        ("close 4000 is echoed", 8, close(4000, b""), 4000),
+        ("an empty close", 8, vec![], 1000),
+    ];
+    for (what, opcode, payload, expected) in cases {
+        let mut ws = RawWs::connect(server.ws).await;
+        ws.send(opcode, true, &payload).await;
+        assert_eq!(ws.close_code().await, Some(expected), "{what}");
+    }
+    server.stop().await;
+}
