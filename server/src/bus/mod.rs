@@ -89,7 +89,9 @@ switchboard_ops::label_values! {
 }
 
 switchboard_ops::label_values! {
-    /// Why a backend's publish was dropped: the `reason` of `switchboard_bus_rejected_total`.
+    /// Why a message from NATS was dropped: the `reason` of `switchboard_bus_rejected_total`.
+    /// A backend's publish, or a frame claiming to be a replica's (those fail as
+    /// `not_json`, `unknown_type` or `too_large`).
     pub enum BusRejectReason {
         NotJson => "not_json",
         NoType => "no_type",
@@ -97,6 +99,8 @@ switchboard_ops::label_values! {
         UnknownType => "unknown_type",
         /// The payload fails the schema of every route emitting that type.
         InvalidPayload => "invalid_payload",
+        /// A frame claiming to come from a replica is larger than any delivery can be.
+        TooLarge => "too_large",
     }
 }
 
@@ -139,7 +143,7 @@ impl BusMetrics {
         let rejected = CounterByLabel::register(
             registry,
             "switchboard_bus_rejected",
-            "Backend publishes dropped, by reason (not_json, no_type, unknown_type, invalid_payload)",
+            "Backend publishes and replica frames dropped, by reason (not_json, no_type, unknown_type, invalid_payload, too_large)",
             "reason",
         );
         Self {

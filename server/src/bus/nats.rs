@@ -33,6 +33,7 @@ use super::outage::{self, OutageLog};
 use super::{
     Bus, BusRejectReason, BusSource, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture,
 };
+use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::protocol::{self, OutMeta};
 use crate::topics::TopicRegistry;
@@ -217,6 +218,7 @@ impl NatsBus {
         let inbound = Arc::new(Inbound {
             registry: registry.clone(),
             metrics: metrics.clone(),
+            max_replica_frame: app.spec.limits.max_payload_bytes as usize + ENVELOPE_ALLOWANCE,
             emitters: emitters(app),
         });
         tokio::spawn(interest_loop(
@@ -426,10 +428,20 @@ async fn round_trip(client: &async_nats::Client) {
     }
 }
 
+/// Dropped bus messages logged per second at most; a flood is summarized by the next
+/// line, and every one is counted in `switchboard_bus_rejected_total`.
+static REJECTION_LOG: LogBudget = LogBudget::new(10);
+
+/// Room for the envelope around a delivery's payload: type, topic, publisher, timestamp.
+const ENVELOPE_ALLOWANCE: usize = 4096;
+
 /// What to do with messages arriving on topic subjects.
 struct Inbound {
     registry: Arc<TopicRegistry>,
     metrics: Arc<Metrics>,
+    /// Largest replica frame forwarded to clients: a delivery is the publishing
+    /// message's payload (at most `limits.maxPayloadBytes`) plus an envelope.
+    max_replica_frame: usize,
     /// Emitted type → the routes that emit it. A backend's publish of that type must
     /// satisfy the payload schema of at least one of them: exactly the frames clients
     /// could have caused themselves.
@@ -492,9 +504,14 @@ impl Inbound {
         let _entered = span.enter();
         let delivery = if origin.is_some() {
             self.metrics.bus.received.inc(BusSource::Replica);
+            let message_type = header(header::TYPE).unwrap_or_default();
+            if let Err(reason) = self.check_replica_frame(&msg.payload, &message_type) {
+                self.reject(topic, reason, "dropped a replica frame");
+                return;
+            }
             Delivery {
                 topic: topic.clone(),
-                message_type: Arc::from(header(header::TYPE).unwrap_or_default()),
+                message_type: Arc::from(message_type),
                 frame: msg.payload,
                 exclude: header(header::EXCLUDE).map(Arc::from),
                 published_at: Instant::now(),
@@ -504,13 +521,40 @@ impl Inbound {
             match self.backend_delivery(topic, &msg.payload, header(header::USER)) {
                 Ok(d) => d,
                 Err(reason) => {
-                    self.metrics.bus.rejected.inc(reason);
-                    warn!(%topic, reason = reason.as_str(), "dropped a backend publish");
+                    self.reject(topic, reason, "dropped a backend publish");
                     return;
                 }
             }
         };
         self.registry.fan_out(&delivery);
+    }
+
+    /// Counts a dropped message and logs it within [`REJECTION_LOG`]'s budget.
+    fn reject(&self, topic: &Topic, reason: BusRejectReason, what: &'static str) {
+        self.metrics.bus.rejected.inc(reason);
+        if let Some(suppressed) = REJECTION_LOG.admit(Instant::now()) {
+            warn!(%topic, reason = reason.as_str(), suppressed_since_last = suppressed, "{what}");
+        }
+    }
+
+    /// Anything that can publish on NATS can claim to be a replica (docs/PROTOCOL.md §8),
+    /// so a replica frame is forwarded only if it is what a replica sends: a JSON
+    /// envelope (hence UTF-8) of a type some route emits, as its header says, and no
+    /// larger than a delivery can be.
+    fn check_replica_frame(&self, frame: &[u8], message_type: &str) -> Result<(), BusRejectReason> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            message_type: std::borrow::Cow<'a, str>,
+        }
+        if frame.len() > self.max_replica_frame {
+            return Err(BusRejectReason::TooLarge);
+        }
+        let head: Head<'_> = serde_json::from_slice(frame).map_err(|_| BusRejectReason::NotJson)?;
+        if head.message_type != message_type || !self.emitters.contains_key(message_type) {
+            return Err(BusRejectReason::UnknownType);
+        }
+        Ok(())
     }
 
     /// A backend's `{"type", "payload"}`, checked against the route that emits `type`.

@@ -434,3 +434,66 @@ async fn an_ack_of_a_join_means_other_replicas_reach_the_member() {
         }
     }
 }
+
+#[tokio::test]
+async fn frames_claiming_to_come_from_a_replica_are_checked_before_clients_see_them() {
+    let nats = NatsServer::start().await;
+    let servers = cluster(&nats, &["a"]).await;
+    let mut c = servers[0].client().await;
+    join(&nats, &servers[0], &mut c, "news").await;
+    let forger = nats.client().await;
+    let subject = "sb.tests.test.t.room.news";
+    let forge = |message_type: &str, body: Vec<u8>| {
+        let forger = forger.clone();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Sb-Origin", "not-a-replica");
+        headers.insert("Sb-Type", message_type);
+        async move {
+            forger
+                .publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap();
+            forger.flush().await.unwrap();
+        }
+    };
+    // Not UTF-8 (clients would have to fail the connection), not JSON, a type no route
+    // emits, a type other than its header says, and far over any delivery's size.
+    forge("SAID", vec![b'{', 0xff, 0xfe, b'}']).await;
+    forge("SAID", b"plain text".to_vec()).await;
+    forge(
+        "NOT_EMITTED",
+        br#"{"type":"NOT_EMITTED","payload":{}}"#.to_vec(),
+    )
+    .await;
+    forge("SAID", br#"{"type":"OTHER","payload":{}}"#.to_vec()).await;
+    let huge = format!(
+        r#"{{"type":"SAID","payload":{{"text":"{}"}}}}"#,
+        "x".repeat(64 * 1024)
+    );
+    forge("SAID", huge.into_bytes()).await;
+    c.expect_silence(Duration::from_millis(300)).await;
+    // A well-formed one still passes: replicas are not authenticated on NATS yet.
+    forge(
+        "SAID",
+        br#"{"type":"SAID","meta":{"topic":"room:news","timestamp":1},"payload":{"text":"ok"}}"#
+            .to_vec(),
+    )
+    .await;
+    let m = c.recv().await;
+    assert_eq!(m["payload"]["text"], "ok");
+    let m = servers[0].metrics().await;
+    for (reason, n) in [("not_json", 2.0), ("unknown_type", 2.0), ("too_large", 1.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("switchboard_bus_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            Some(n),
+            "{reason}: {m}"
+        );
+    }
+    c.assert_alive().await;
+    for s in servers {
+        s.stop().await;
+    }
+}
