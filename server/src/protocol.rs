@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 pub use switchboard_spec::{ACK_TYPE, ERROR_TYPE, RPC_ERROR_TYPE};
@@ -189,13 +190,16 @@ impl Rejection {
 }
 
 /// One parsed client message.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Inbound {
     pub message_type: String,
     pub correlation_id: Option<String>,
     pub traceparent: Option<String>,
-    /// `null` when the client sent none.
+    /// `null` when the client sent none. What routes validate and render topics from.
     pub payload: Value,
+    /// The payload exactly as the client wrote it: deliveries and backends get these
+    /// bytes, so numbers like `2^64`, `-0` or `1e2` arrive unchanged (docs/PROTOCOL.md §3).
+    pub raw_payload: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +210,7 @@ struct RawEnvelope {
     #[serde(default)]
     meta: Option<ObjectOnly<RawMeta>>,
     #[serde(default)]
-    payload: Option<Value>,
+    payload: Option<Box<RawValue>>,
 }
 
 /// Known meta fields; other keys are the application's and pass through unread.
@@ -281,11 +285,28 @@ pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
                     correlation_id,
                 });
             }
+            let (payload, raw_payload) = match raw.payload {
+                // Valid JSON already (the envelope parsed), so this parse cannot fail.
+                Some(raw_payload) => match serde_json::from_str(raw_payload.get()) {
+                    Ok(payload) => (payload, raw_payload),
+                    Err(e) => {
+                        return Err(BadEnvelope {
+                            rejection: Rejection::new(
+                                ErrorCode::InvalidArgument,
+                                format!("payload is not valid JSON: {e}"),
+                            ),
+                            correlation_id,
+                        });
+                    }
+                },
+                None => (Value::Null, RawValue::NULL.to_owned()),
+            };
             Ok(Inbound {
                 message_type: raw.message_type,
                 correlation_id,
                 traceparent,
-                payload: raw.payload.unwrap_or(Value::Null),
+                payload,
+                raw_payload,
             })
         }
         Err(e) => {
@@ -313,12 +334,18 @@ pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
 }
 
 #[derive(Serialize)]
-struct OutFrame<'a> {
+struct OutFrame<'a, P: ?Sized> {
     #[serde(rename = "type")]
     message_type: &'a str,
     meta: OutMeta<'a>,
-    payload: &'a Value,
+    payload: &'a P,
 }
+
+/// What a frame's payload may be: a parsed [`Value`] (replies, errors, system frames) or
+/// the client's own bytes ([`RawValue`], deliveries). Neither can fail to serialize.
+pub trait FramePayload: Serialize {}
+impl FramePayload for Value {}
+impl FramePayload for RawValue {}
 
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -340,7 +367,11 @@ const UNENCODABLE_FRAME: &[u8] = br#"{"type":"ERROR","meta":{"timestamp":0},"pay
 /// only string map keys and finite numbers, and `OutMeta` only strings and integers, so
 /// serializing them into a `Vec` cannot fail. Were that ever broken, the client gets
 /// `UNENCODABLE_FRAME` and the log says why, rather than an empty frame.
-pub fn encode(message_type: &str, meta: OutMeta<'_>, payload: &Value) -> Bytes {
+pub fn encode<P: FramePayload + ?Sized>(
+    message_type: &str,
+    meta: OutMeta<'_>,
+    payload: &P,
+) -> Bytes {
     let frame = OutFrame {
         message_type,
         meta,
@@ -404,6 +435,21 @@ mod tests {
         assert_eq!(m.correlation_id.as_deref(), Some("c1"));
         assert_eq!(m.traceparent.as_deref(), Some("00-x"));
         assert_eq!(m.payload, json!({"a":1}));
+        assert_eq!(m.raw_payload.get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn deliveries_carry_the_payload_as_written() {
+        let text = r#"{"type":"P","payload":{"big":18446744073709551616,"long":123456789012345678901234567890,"neg":-0,"exp":1e2, "spaced" : [1 ,2]}}"#;
+        let m = parse_inbound(text.as_bytes()).unwrap();
+        let frame = encode("P", OutMeta::default(), &*m.raw_payload);
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(
+            frame.ends_with(r#""payload":{"big":18446744073709551616,"long":123456789012345678901234567890,"neg":-0,"exp":1e2, "spaced" : [1 ,2]}}"#),
+            "{frame}"
+        );
+        let none = parse_inbound(br#"{"type":"P"}"#).unwrap();
+        assert_eq!(none.raw_payload.get(), "null");
     }
 
     #[test]

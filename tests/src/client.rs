@@ -102,6 +102,12 @@ impl Client {
 
     /// The next data frame, parsed. Panics on close or silence.
     pub async fn recv(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The next data frame's text, as the server wrote it. Panics on close or silence.
+    pub async fn recv_text(&mut self) -> String {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -109,7 +115,7 @@ impl Client {
                 .expect("connection ended")
                 .expect("read failed");
             match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Text(t) => return t.as_str().to_owned(),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
             }

@@ -16,7 +16,7 @@ pub fn run(
     msg: &Inbound,
     action: &ForwardAction,
 ) -> Result<(), Rejection> {
-    let payload = Bytes::from(msg.payload.to_string());
+    let payload = Bytes::copy_from_slice(msg.raw_payload.get().as_bytes());
     state
         .bus
         .forward(&action.subject, payload, &session.identity)

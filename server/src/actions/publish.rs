@@ -34,7 +34,8 @@ pub fn run(
             timestamp: protocol::now_ms(),
             ..OutMeta::default()
         },
-        &msg.payload,
+        // The client's own bytes: numbers and all arrive as written.
+        &*msg.raw_payload,
     );
     state.bus.publish(Delivery {
         topic: topic.clone(),

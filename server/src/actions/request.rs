@@ -35,7 +35,7 @@ pub fn run(state: &Arc<AppState>, session: &Session, msg: &Inbound, action: &Arc
     let pending = span.in_scope(|| {
         state.bus.request(
             &action.subject,
-            Bytes::from(msg.payload.to_string()),
+            Bytes::copy_from_slice(msg.raw_payload.get().as_bytes()),
             &session.identity,
             action.timeout,
         )

@@ -24,6 +24,7 @@ use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -564,12 +565,25 @@ impl Inbound {
         body: &[u8],
         user: Option<String>,
     ) -> Result<Delivery, BusRejectReason> {
-        let envelope: Value = serde_json::from_slice(body).map_err(|_| BusRejectReason::NotJson)?;
+        // Any JSON first (so a non-object is `no_type`, not `not_json`), then its fields;
+        // the payload's own bytes are kept for the delivery, numbers as written.
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type", borrow)]
+            message_type: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            payload: Option<&'a RawValue>,
+        }
+        let any: &RawValue = serde_json::from_slice(body).map_err(|_| BusRejectReason::NotJson)?;
+        let envelope: Envelope<'_> =
+            serde_json::from_str(any.get()).map_err(|_| BusRejectReason::NoType)?;
         let message_type = envelope
-            .get("type")
-            .and_then(Value::as_str)
+            .message_type
+            .as_deref()
             .ok_or(BusRejectReason::NoType)?;
-        let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
+        let raw_payload = envelope.payload.unwrap_or(RawValue::NULL);
+        let payload: Value =
+            serde_json::from_str(raw_payload.get()).map_err(|_| BusRejectReason::NotJson)?;
         let routes = self
             .emitters
             .get(message_type)
@@ -588,7 +602,7 @@ impl Inbound {
                 timestamp: protocol::now_ms(),
                 ..OutMeta::default()
             },
-            &payload,
+            raw_payload,
         );
         Ok(Delivery {
             topic: topic.clone(),

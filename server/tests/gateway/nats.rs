@@ -497,3 +497,29 @@ async fn frames_claiming_to_come_from_a_replica_are_checked_before_clients_see_t
         s.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_backend_publish_reaches_clients_with_its_payload_as_written() {
+    let nats = NatsServer::start().await;
+    let servers = cluster(&nats, &["a"]).await;
+    let mut c = servers[0].client().await;
+    join(&nats, &servers[0], &mut c, "news").await;
+    let backend = nats.client().await;
+    let payload = r#"{"roomId":"news","n":18446744073709551616,"z":-0,"e":1e2}"#;
+    backend
+        .publish(
+            "sb.tests.test.t.room.news",
+            format!(r#"{{"type":"SAID","payload":{payload}}}"#).into(),
+        )
+        .await
+        .unwrap();
+    backend.flush().await.unwrap();
+    let delivery = c.recv_text().await;
+    assert!(
+        delivery.ends_with(&format!(r#""payload":{payload}}}"#)),
+        "{delivery}"
+    );
+    for s in servers {
+        s.stop().await;
+    }
+}

@@ -253,3 +253,20 @@ async fn one_delivery_fans_out_to_many_subscribers() {
     assert!(metric(&m, "switchboard_delivery_latency_seconds_count").unwrap() >= 20.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn deliveries_carry_the_publishing_message_s_payload_byte_for_byte() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    b.call("FOLLOW", "f", json!({"feedId": "nums"})).await;
+    let payload = r#"{"feedId":"nums","big":18446744073709551616,"long":123456789012345678901234567890,"neg":-0,"exp":1e2}"#;
+    a.send_text(&format!(r#"{{"type":"POST","payload":{payload}}}"#))
+        .await;
+    let delivery = b.recv_text().await;
+    assert!(
+        delivery.ends_with(&format!(r#""payload":{payload}}}"#)),
+        "{delivery}"
+    );
+    server.stop().await;
+}
