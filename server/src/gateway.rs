@@ -265,6 +265,8 @@ fn upgrade(
         subscriptions: HashSet::new(),
         buckets: ConnectionBuckets::default(),
         liveness: Arc::new(Liveness::new(authed.expires_at)),
+        refresh_failures: 0,
+        last_refresh_failure: None,
         span: tracing::info_span!(
             target: crate::trace::SPAN_TARGET,
             parent: None,

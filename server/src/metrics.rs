@@ -73,6 +73,7 @@ fn sent_types(app: &CompiledApp) -> Vec<&str> {
     let mut types = vec![
         protocol::OPEN_TYPE,
         protocol::DRAIN_TYPE,
+        protocol::UNSUBSCRIBED_TYPE,
         protocol::ACK_TYPE,
         protocol::ERROR_TYPE,
         protocol::RPC_ERROR_TYPE,

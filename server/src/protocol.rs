@@ -16,6 +16,9 @@ pub const PROTOCOL: &str = "switchboard.v1";
 pub const OPEN_TYPE: &str = "$ws:open";
 pub const DRAIN_TYPE: &str = "$ws:drain";
 pub const AUTH_TYPE: &str = "$ws:auth";
+/// Sent when the server ends a subscription the client did not ask to end: a refreshed
+/// token no longer allows it (docs/PROTOCOL.md §5).
+pub const UNSUBSCRIBED_TYPE: &str = "$ws:unsubscribed";
 pub const HEARTBEAT_TYPE: &str = "__heartbeat";
 pub const HEARTBEAT_ACK_TYPE: &str = "__heartbeat_ack";
 /// Longest `meta.correlationId` accepted.
@@ -35,9 +38,8 @@ pub fn clip(text: &str) -> String {
 
 /// Every WebSocket close code the server sends, and nothing else (docs/PROTOCOL.md §7 has
 /// the same table for client authors). No close code is written as a number anywhere else
-/// in the server. 1008, 1011 and 1013 are reserved by the protocol and not sent by this
-/// version: authentication and capacity are refused with HTTP 401 and 503 before the
-/// upgrade instead.
+/// in the server. 1011 and 1013 are reserved by the protocol and not sent by this
+/// version: capacity is refused with HTTP 503 before the upgrade instead.
 pub mod close {
     /// Normal closure; also the default echo of a client's own close.
     pub const NORMAL: u16 = 1000;
@@ -48,6 +50,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text message (whole or reassembled) or a close reason that is not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
+    /// Policy violation: too many failed `$ws:auth` refreshes in a row.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than `limits.maxPayloadBytes`, fragments counted together.
     pub const TOO_BIG: u16 = 1009;
     /// No pong within `heartbeat.timeoutSeconds` of a ping.
@@ -94,6 +98,8 @@ switchboard_ops::label_values! {
         IdleTimeout => "idle_timeout",
         SlowConsumer => "slow_consumer",
         TokenExpired => "token_expired",
+        /// Too many failed `$ws:auth` refreshes in a row.
+        RefreshFailures => "refresh_failures",
         TooBig => "too_big",
         ProtocolError => "protocol_error",
         Shutdown => "shutdown",
@@ -109,6 +115,7 @@ impl CloseReason {
             Self::IdleTimeout => close::IDLE_TIMEOUT,
             Self::SlowConsumer => close::SLOW_CONSUMER,
             Self::TokenExpired => close::TOKEN_EXPIRED,
+            Self::RefreshFailures => close::POLICY_VIOLATION,
             Self::TooBig => close::TOO_BIG,
             Self::ProtocolError => close::PROTOCOL_ERROR,
             Self::Shutdown => close::GOING_AWAY,

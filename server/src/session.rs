@@ -22,6 +22,10 @@ pub struct Session {
     pub subscriptions: HashSet<Topic>,
     pub buckets: ConnectionBuckets,
     pub liveness: Arc<Liveness>,
+    /// Failed `$ws:auth` refreshes in a row, and when the last one failed: verifying a
+    /// bad signature costs the server real CPU, so failures are spaced and bounded.
+    pub refresh_failures: u32,
+    pub last_refresh_failure: Option<std::time::Instant>,
     /// The exported `ws.connection` span (disabled with export off). Message spans link
     /// to it rather than nest in it, so a long connection does not become one endless
     /// trace.

@@ -325,3 +325,73 @@ async fn only_switchboard_v1_is_ever_selected_and_never_the_token() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_refresh_that_drops_a_role_ends_the_subscriptions_it_allowed() {
+    let server = TestServer::start(TEST_APP).await;
+    let admin = |ttl| {
+        let mut c = claims("ada", ttl);
+        c["roles"] = json!(["admin"]);
+        c
+    };
+    let mut c = server.client_with_token(&hs256(admin(60))).await;
+    c.call("STAFF_JOIN", "s", json!({"team": "ops"})).await;
+    c.call("FOLLOW", "f", json!({"feedId": "news"})).await;
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "switchboard_subscriptions"), Some(2.0), "{m}");
+
+    // The same user, no longer an admin: staff:ops ends, feed:news stays.
+    c.send(json!({"type": "$ws:auth", "meta": {"correlationId": "r"}, "payload": {"token": hs256(claims("ada", 60))}}))
+        .await;
+    let ended = c.recv().await;
+    assert_eq!(ended["type"], "$ws:unsubscribed", "{ended}");
+    assert_eq!(ended["payload"]["topic"], "staff:ops");
+    assert_eq!(ended["payload"]["code"], "PERMISSION_DENIED");
+    let ack = c.recv().await;
+    assert_eq!(ack["type"], "$ws:ack", "{ack}");
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "switchboard_subscriptions"), Some(1.0), "{m}");
+    // Joining again is refused like any first join without the role.
+    let e = c.call("STAFF_JOIN", "s2", json!({"team": "ops"})).await;
+    assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("s2"));
+    c.assert_alive().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_refreshes_are_spaced_and_the_sixth_in_a_row_closes_with_1008() {
+    let server = TestServer::start(TEST_APP).await;
+    let mut c = server.client_with_token(&hs256(claims("eve", 60))).await;
+    for i in 0..4 {
+        let e = c
+            .call("$ws:auth", &format!("f{i}"), json!({"token": "garbage"}))
+            .await;
+        assert_error(&e, "ERROR", "UNAUTHENTICATED", Some(&format!("f{i}")));
+    }
+    // Past four, one a second: this one is not even verified.
+    let e = c
+        .call("$ws:auth", "fast", json!({"token": "garbage"}))
+        .await;
+    assert_error(&e, "ERROR", "RESOURCE_EXHAUSTED", Some("fast"));
+    assert!(
+        e["payload"]["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 1001),
+        "{e}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = c.call("$ws:auth", "f4", json!({"token": "garbage"})).await;
+    assert_error(&e, "ERROR", "UNAUTHENTICATED", Some("f4"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.send(json!({"type": "$ws:auth", "meta": {"correlationId": "f5"}, "payload": {"token": "garbage"}}))
+        .await;
+    let (frames, code) = c.frames_until_close(Duration::from_secs(5)).await;
+    assert_eq!(code, 1008, "{frames:?}");
+    wait_for_metric(
+        &server,
+        r#"switchboard_connections_closed_total{reason="refresh_failures"}"#,
+        1.0,
+    )
+    .await;
+    server.stop().await;
+}
