@@ -128,6 +128,12 @@ async fn read_loop(
     // A fragmented message being reassembled: (is_text, bytes so far).
     let mut partial: Option<(bool, Vec<u8>)> = None;
     loop {
+        // Backpressure: answers are queued faster than written only when the client
+        // sends a burst; read on once the writer has caught up.
+        tokio::select! {
+            () = handle.queue.room_to_answer() => {}
+            () = writer_done.cancelled() => break,
+        }
         let frame = tokio::select! {
             frame = rx.read_frame(&mut no_obligated_send) => frame,
             () = writer_done.cancelled() => break,

@@ -45,6 +45,9 @@ pub struct OutboundQueue {
     state: Mutex<State>,
     /// Wakes the writer. One permit is stored when it is not waiting, so no push is missed.
     ready: Notify,
+    /// Wakes the reader waiting in [`OutboundQueue::room_to_answer`] once the writer
+    /// has taken a batch.
+    taken: Notify,
     capacity: usize,
     policy: SlowConsumerPolicy,
 }
@@ -63,6 +66,7 @@ impl OutboundQueue {
                 closing: false,
             }),
             ready: Notify::new(),
+            taken: Notify::new(),
             capacity: capacity.max(1),
             policy,
         }
@@ -135,10 +139,32 @@ impl OutboundQueue {
                 let mut s = self.lock();
                 if !s.items.is_empty() {
                     out.extend(s.items.drain(..));
+                    drop(s);
+                    self.taken.notify_waiters();
                     return;
                 }
             }
             self.ready.notified().await;
+        }
+    }
+
+    /// Resolves once the queue is less than half full (or closing). The reader waits
+    /// here before it reads the next message, so a client that sends a burst while it
+    /// keeps reading is slowed down to the pace its answers are written at, instead of
+    /// overflowing its own queue and meeting the slow-consumer policy. A client that
+    /// stops reading still fills the queue with deliveries and meets it.
+    pub async fn room_to_answer(&self) {
+        let half = (self.capacity / 2).max(1);
+        loop {
+            let mut taken = std::pin::pin!(self.taken.notified());
+            taken.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.closing || s.items.len() < half {
+                    return;
+                }
+            }
+            taken.await;
         }
     }
 
@@ -197,6 +223,29 @@ mod tests {
             out.iter().map(first_byte).collect::<Vec<_>>(),
             vec![9, 2, 3]
         );
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_for_room_until_the_writer_takes_a_batch() {
+        let q = std::sync::Arc::new(OutboundQueue::new(4, SlowConsumerPolicy::Disconnect));
+        q.push(delivery(1));
+        // Under half full: room at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), q.room_to_answer())
+            .await
+            .unwrap();
+        q.push(delivery(2));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.room_to_answer().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "half full: the reader waits");
+        let mut out = Vec::new();
+        q.pop_all(&mut out).await;
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

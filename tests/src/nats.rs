@@ -1,4 +1,9 @@
-//! A real nats-server (from `hack/tools.sh`, on PATH) on loopback ports it picks itself.
+//! A real nats-server (from `hack/tools.sh`, on PATH) on loopback ports.
+//!
+//! The ports lie below the kernel's ephemeral range. A client reconnecting to a port
+//! in that range while nothing listens there can be given that very port as its own
+//! source port (a TCP self-connect on loopback), which then holds it: a restarted
+//! nats-server could not bind it again. Below the range no client socket ever sits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +16,7 @@ use crate::http_get;
 /// A real nats-server on loopback ports, stopped on drop.
 pub struct NatsServer {
     child: Option<tokio::process::Child>,
-    /// 0 until the first start, where nats-server picks free ports itself (no race
-    /// with other tests); a restart reuses them.
+    /// Chosen free at the first start; a restart reuses them.
     pub port: u16,
     pub monitor: u16,
     dir: PathBuf,
@@ -32,24 +36,27 @@ impl NatsServer {
             monitor: 0,
             dir,
         };
-        server.spawn().await;
-        server
+        // Another process may take a port between the check and nats-server's bind.
+        for _ in 0..5 {
+            (server.port, server.monitor) = (unused_port(), unused_port());
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!(
+            "nats-server did not start on free ports in {}",
+            server.dir.display()
+        );
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) {
-        let port = |p: u16| {
-            if p == 0 {
-                "-1".to_owned()
-            } else {
-                p.to_string()
-            }
-        };
+    /// Starts nats-server on `port` and `monitor`; false when it did not come up.
+    async fn spawn(&mut self) -> bool {
         let child = tokio::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port(self.port), "-m", &port(self.monitor)])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
             .arg("--ports_file_dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -76,17 +83,22 @@ impl NatsServer {
                         .and_then(|u| u.rsplit(':').next())
                         .and_then(|p| p.parse().ok())
                 };
-                if let (Some(p), Some(m)) = (port_of("nats"), port_of("monitoring")) {
-                    (self.port, self.monitor) = (p, m);
-                    return;
+                if (port_of("nats"), port_of("monitoring")) == (Some(self.port), Some(self.monitor))
+                {
+                    return true;
                 }
+            }
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "nats-server did not report its ports in {}",
-            self.dir.display()
-        );
+        self.kill().await;
+        false
     }
 
     /// Kills the server (as a crash would) and waits until it is gone.
@@ -99,7 +111,12 @@ impl NatsServer {
     /// Starts it again on the same ports.
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "nats-server did not restart on ports {} and {}",
+            self.port,
+            self.monitor
+        );
     }
 
     /// Subjects every client connection of the server is subscribed to.
@@ -148,5 +165,20 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port below the ephemeral range that nothing listens on now.
+fn unused_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    loop {
+        let port = low + rand::random::<u16>() % (ephemeral_low - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }

@@ -325,6 +325,18 @@ impl RawWs {
     /// Writes one masked frame: `opcode`, `fin`, `payload`.
     pub async fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
         use tokio::io::AsyncWriteExt;
+        let frame = Self::frame(opcode, fin, payload);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Writes `n` masked text frames of `text` in one write: a burst.
+    pub async fn send_burst(&mut self, text: &str, n: usize) {
+        use tokio::io::AsyncWriteExt;
+        let one = Self::frame(1, true, text.as_bytes());
+        self.stream.write_all(&one.repeat(n)).await.unwrap();
+    }
+
+    fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut frame = vec![(u8::from(fin) << 7) | opcode];
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
@@ -340,7 +352,7 @@ impl RawWs {
         let mask = [0x12, 0x34, 0x56, 0x78];
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.unwrap();
+        frame
     }
 
     /// The next frame (opcode, payload); `None` at EOF or after 5 s of silence.

@@ -297,3 +297,33 @@ async fn drop_oldest_keeps_a_stalled_client_connected_and_counts_the_drops() {
     stalled.assert_alive().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_a_burst_while_reading_is_slowed_not_cut_off() {
+    // 1,030 heartbeats in one write, against a queue of 64: the reader waits for the
+    // writer instead of overflowing the client's own queue into a 4008.
+    let server = TestServer::start(TEST_APP).await;
+    let mut ws = RawWs::connect(server.ws).await;
+    ws.send_burst(r#"{"type":"__heartbeat"}"#, 1030).await;
+    for i in 0..1030 {
+        let (opcode, payload) = ws
+            .read_frame()
+            .await
+            .unwrap_or_else(|| panic!("connection ended after {i} answers"));
+        assert_eq!(opcode, 1, "answer {i}: opcode {opcode}, {payload:?}");
+        assert!(
+            String::from_utf8_lossy(&payload).contains("__heartbeat_ack"),
+            "answer {i}"
+        );
+    }
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchboard_connections_closed_total{reason="slow_consumer"}"#
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    server.stop().await;
+}
