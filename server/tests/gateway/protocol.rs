@@ -312,11 +312,34 @@ async fn frames_that_break_rfc_6455_close_with_its_codes() {
         ("close 1011 is echoed", 8, close(1011, b""), 1011),
         ("close 4000 is echoed", 8, close(4000, b""), 4000),
         ("an empty close", 8, vec![], 1000),
+        (
+            "a continuation with nothing to continue",
+            0,
+            b"x".to_vec(),
+            1002,
+        ),
+        ("reserved opcode 3", 3, vec![], 1002),
+        ("reserved opcode 11", 11, vec![], 1002),
+        (
+            "RSV1 set without an extension",
+            0x40 | 1,
+            b"{}".to_vec(),
+            1002,
+        ),
     ];
     for (what, opcode, payload, expected) in cases {
         let mut ws = RawWs::connect(server.ws).await;
         ws.send(opcode, true, &payload).await;
         assert_eq!(ws.close_code().await, Some(expected), "{what}");
     }
+    // A new message while a fragmented one is unfinished.
+    let mut ws = RawWs::connect(server.ws).await;
+    ws.send(1, false, b"{\"type\":").await;
+    ws.send(1, true, b"{}").await;
+    assert_eq!(
+        ws.close_code().await,
+        Some(1002),
+        "a new message mid-fragment"
+    );
     server.stop().await;
 }
