@@ -343,3 +343,43 @@ async fn frames_that_break_rfc_6455_close_with_its_codes() {
     );
     server.stop().await;
 }
+
+/// A fuzzer of the reader over a real socket: seeded random frame sequences (any
+/// opcode, reserved ones included; fin or not; random payloads; control frames too
+/// large), each followed by a valid close. Whatever came before, the server answers with
+/// a close code an endpoint may send, and keeps serving. Seeded, so a failure repeats.
+#[tokio::test]
+async fn random_frame_sequences_always_end_in_a_valid_close() {
+    use rand::{Rng, SeedableRng};
+    let server = TestServer::start(TEST_APP).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5b0a_7d);
+    for case in 0..150 {
+        let mut ws = RawWs::connect(server.ws).await;
+        let mut sent = Vec::new();
+        for _ in 0..rng.random_range(1..6) {
+            let opcode: u8 = *[0u8, 1, 2, 3, 8, 9, 10, 11, 0x41]
+                .get(rng.random_range(0..9))
+                .unwrap();
+            let fin = rng.random_bool(0.7);
+            let len = *[0usize, 1, 2, 10, 125, 126, 300]
+                .get(rng.random_range(0..7))
+                .unwrap();
+            let payload: Vec<u8> = if rng.random_bool(0.5) {
+                (0..len).map(|_| rng.random()).collect()
+            } else {
+                br#"{"type":"__heartbeat"}"#.iter().copied().cycle().take(len).collect()
+            };
+            sent.push((opcode, fin, len));
+            ws.send(opcode, fin, &payload).await;
+        }
+        ws.send(8, true, &1000u16.to_be_bytes()).await;
+        let code = ws.close_code().await;
+        assert!(
+            code.is_some_and(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999)),
+            "case {case}: {sent:?} ended with {code:?}"
+        );
+    }
+    let mut c = server.client().await;
+    c.assert_alive().await;
+    server.stop().await;
+}
