@@ -352,7 +352,7 @@ async fn frames_that_break_rfc_6455_close_with_its_codes() {
 async fn random_frame_sequences_always_end_in_a_valid_close() {
     use rand::{Rng, SeedableRng};
     let server = TestServer::start(TEST_APP).await;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5b0a_7d);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x005b_0a7d);
     for case in 0..150 {
         let mut ws = RawWs::connect(server.ws).await;
         let mut sent = Vec::new();
