@@ -8,6 +8,7 @@
 //! for the client's close reply.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use fastwebsockets::{
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::actions;
+use crate::frame_clock::{CountingReader, FrameClock};
 use crate::handle::ConnectionHandle;
 use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason};
@@ -34,7 +36,7 @@ use crate::session::Session;
 use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Io>>;
+type Reader = WebSocketRead<CountingReader<ReadHalf<Io>>>;
 type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
 
 /// How long the reader waits for the client's close reply after the server closed.
@@ -55,13 +57,18 @@ pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session
         state.metrics.connections.opened.inc();
         send_open(&state, &session);
 
-        let (rx, tx) = ws.split(|io| {
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let counter = bytes_read.clone();
+        let (rx, tx) = ws.split(move |io| {
             let (r, w) = tokio::io::split(io);
-            (r, BufWriter::new(w))
+            (CountingReader::new(r, counter.clone()), BufWriter::new(w))
         });
+        let frame_deadline =
+            Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
+        let clock = FrameClock::new(bytes_read, frame_deadline);
         let liveness = session.liveness.clone();
         let writer_done = CancellationToken::new();
-        let reader = read_loop(rx, &state, &mut session, &writer_done);
+        let reader = read_loop(rx, &state, &mut session, &writer_done, clock);
         let writer = async {
             let reason = write_loop(tx, &state, &handle, &liveness).await;
             writer_done.cancel();
@@ -116,6 +123,7 @@ async fn read_loop(
     state: &Arc<AppState>,
     session: &mut Session,
     writer_done: &CancellationToken,
+    mut clock: FrameClock,
 ) {
     let max = state.app.spec.limits.max_payload_bytes as usize;
     // fastwebsockets refuses a single frame of `max_message_size` bytes or more.
@@ -127,6 +135,10 @@ async fn read_loop(
     let mut no_obligated_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     // A fragmented message being reassembled: (is_text, bytes so far).
     let mut partial: Option<(bool, Vec<u8>)> = None;
+    // One timer for the connection, not one per frame: the frame clock is looked at a
+    // few times per deadline.
+    let mut frame_ticks = tokio::time::interval(clock.tick());
+    frame_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Backpressure: answers are queued faster than written only when the client
         // sends a burst; read on once the writer has caught up.
@@ -134,10 +146,35 @@ async fn read_loop(
             () = handle.queue.room_to_answer() => {}
             () = writer_done.cancelled() => break,
         }
-        let frame = tokio::select! {
-            frame = rx.read_frame(&mut no_obligated_send) => frame,
-            () = writer_done.cancelled() => break,
+        let frame = {
+            let mut read = std::pin::pin!(rx.read_frame(&mut no_obligated_send));
+            let mut overdue = false;
+            let frame = loop {
+                tokio::select! {
+                    frame = &mut read => break Some(frame),
+                    () = writer_done.cancelled() => break None,
+                    _ = frame_ticks.tick() => {
+                        if clock.overdue(Instant::now()) {
+                            overdue = true;
+                            break None;
+                        }
+                    }
+                }
+            };
+            if overdue {
+                // A frame begun and never finished (see frame_clock.rs).
+                handle
+                    .queue
+                    .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
+            }
+            match frame {
+                Some(frame) => frame,
+                None => break,
+            }
         };
+        if let Ok(f) = &frame {
+            clock.frame_read(f.payload.len());
+        }
         let frame = match frame {
             Ok(frame) => frame,
             Err(WebSocketError::FrameTooLarge) => {

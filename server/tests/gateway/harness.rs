@@ -329,6 +329,12 @@ impl RawWs {
         self.stream.write_all(&frame).await.unwrap();
     }
 
+    /// Writes raw bytes as they are (e.g. half a frame).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
     /// Writes `n` masked text frames of `text` in one write: a burst.
     pub async fn send_burst(&mut self, text: &str, n: usize) {
         use tokio::io::AsyncWriteExt;

@@ -327,3 +327,56 @@ async fn a_client_that_sends_a_burst_while_reading_is_slowed_not_cut_off() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_frame_begun_and_never_finished_is_closed_even_without_heartbeat_or_idle() {
+    // Heartbeat off, idle timeout off (the default): only the frame clock is left, with
+    // the app's handshakeTimeoutSeconds (2 s here) as its deadline.
+    let app = with(
+        TEST_APP,
+        &[(
+            "heartbeat: {intervalSeconds: 25, timeoutSeconds: 10}",
+            "heartbeat: {intervalSeconds: 0, timeoutSeconds: 10}",
+        )],
+    );
+    let server = TestServer::start(&app).await;
+    // A complete frame first, then silence: the connection lives on.
+    let mut idle = RawWs::connect(server.ws).await;
+    idle.send(1, true, br#"{"type":"__heartbeat"}"#).await;
+    assert!(idle.read_frame().await.is_some());
+    // The header of a 100-byte text frame and 10 of its bytes, then silence.
+    let mut stalled = RawWs::connect(server.ws).await;
+    stalled
+        .send_bytes(&[
+            0x81,
+            0x80 | 100,
+            1,
+            2,
+            3,
+            4,
+            b'{',
+            b'"',
+            b't',
+            b'y',
+            b'p',
+            b'e',
+            b'"',
+            b':',
+            b'"',
+            b'x',
+        ])
+        .await;
+    let started = Instant::now();
+    assert_eq!(stalled.close_code().await, Some(1002));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // The idle one is still served.
+    idle.send(1, true, br#"{"type":"__heartbeat"}"#).await;
+    let (opcode, answer) = idle.read_frame().await.expect("the idle connection lives");
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&answer).contains("__heartbeat_ack"));
+    server.stop().await;
+}
