@@ -266,6 +266,11 @@ pub async fn raw_handshake(addr: SocketAddr, headers: &[&str]) -> String {
 
 /// Sends `request` as it is and returns the response head.
 pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
+    raw_exchange(addr, request).await.0
+}
+
+/// Sends `request` and reads the response head, keeping the stream for what follows.
+async fn raw_exchange(addr: SocketAddr, request: &str) -> (String, tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -277,7 +282,7 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&head).into_owned()
+    (String::from_utf8_lossy(&head).into_owned(), stream)
 }
 
 /// The usual upgrade headers, key and version included.
@@ -297,24 +302,12 @@ pub struct RawWs {
 impl RawWs {
     /// Upgrades (anonymously) and reads past `$ws:open`.
     pub async fn connect(addr: SocketAddr) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\n{}\r\n\r\n",
             UPGRADE_HEADERS.join("\r\n")
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let (head, stream) = raw_exchange(addr, &request).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         let mut ws = Self { stream };
         let (opcode, open) = ws.read_frame().await.unwrap();
         assert_eq!(opcode, 1, "the first frame is text");
