@@ -429,6 +429,27 @@ async fn round_trip(client: &async_nats::Client) {
     }
 }
 
+/// The fields the bus reads of a topic message, borrowed from it: its type, and its
+/// payload as written (kept byte for byte for the delivery).
+#[derive(serde::Deserialize)]
+struct BusEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    message_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+impl<'a> BusEnvelope<'a> {
+    /// One pass over `body`: not JSON at all is `not_json`; JSON of another shape (not
+    /// an object, a `type` that is not a string) is `no_type`.
+    fn read(body: &'a [u8]) -> Result<Self, BusRejectReason> {
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => BusRejectReason::NoType,
+            _ => BusRejectReason::NotJson,
+        })
+    }
+}
+
 /// Dropped bus messages logged per second at most; a flood is summarized by the next
 /// line, and every one is counted in `switchboard_bus_rejected_total`.
 static REJECTION_LOG: LogBudget = LogBudget::new(10);
@@ -543,16 +564,13 @@ impl Inbound {
     /// envelope (hence UTF-8) of a type some route emits, as its header says, and no
     /// larger than a delivery can be.
     fn check_replica_frame(&self, frame: &[u8], message_type: &str) -> Result<(), BusRejectReason> {
-        #[derive(serde::Deserialize)]
-        struct Head<'a> {
-            #[serde(rename = "type", borrow)]
-            message_type: std::borrow::Cow<'a, str>,
-        }
         if frame.len() > self.max_replica_frame {
             return Err(BusRejectReason::TooLarge);
         }
-        let head: Head<'_> = serde_json::from_slice(frame).map_err(|_| BusRejectReason::NotJson)?;
-        if head.message_type != message_type || !self.emitters.contains_key(message_type) {
+        let envelope = BusEnvelope::read(frame)?;
+        if envelope.message_type.as_deref() != Some(message_type)
+            || !self.emitters.contains_key(message_type)
+        {
             return Err(BusRejectReason::UnknownType);
         }
         Ok(())
@@ -565,18 +583,7 @@ impl Inbound {
         body: &[u8],
         user: Option<String>,
     ) -> Result<Delivery, BusRejectReason> {
-        // Any JSON first (so a non-object is `no_type`, not `not_json`), then its fields;
-        // the payload's own bytes are kept for the delivery, numbers as written.
-        #[derive(serde::Deserialize)]
-        struct Envelope<'a> {
-            #[serde(rename = "type", borrow)]
-            message_type: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow)]
-            payload: Option<&'a RawValue>,
-        }
-        let any: &RawValue = serde_json::from_slice(body).map_err(|_| BusRejectReason::NotJson)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(any.get()).map_err(|_| BusRejectReason::NoType)?;
+        let envelope = BusEnvelope::read(body)?;
         let message_type = envelope
             .message_type
             .as_deref()
