@@ -68,7 +68,11 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         d.metadata.owner_references.as_ref().unwrap()[0].kind,
         "RealtimeApp"
     );
-    let svc = services.get("chat").await?;
+    // Applied right after the Deployment, so it may not be there yet.
+    let svc = eventually("the Service", 15, || async {
+        services.get_opt("chat").await.ok().flatten()
+    })
+    .await;
     assert_eq!(
         svc.spec.as_ref().unwrap().session_affinity.as_deref(),
         Some("ClientIP")
