@@ -8,7 +8,6 @@
 //! for the client's close reply.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use fastwebsockets::{
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::actions;
-use crate::frame_clock::{CountingReader, FrameClock};
+use crate::frame_watch::{FrameClock, FrameProgress, FrameWatch, UnmaskedFrame};
 use crate::handle::ConnectionHandle;
 use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason};
@@ -36,7 +35,7 @@ use crate::session::Session;
 use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<CountingReader<ReadHalf<Io>>>;
+type Reader = WebSocketRead<FrameWatch<ReadHalf<Io>>>;
 type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
 
 /// How long the reader waits for the client's close reply after the server closed.
@@ -57,15 +56,15 @@ pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session
         state.metrics.connections.opened.inc();
         send_open(&state, &session);
 
-        let bytes_read = Arc::new(AtomicU64::new(0));
-        let counter = bytes_read.clone();
+        let progress = Arc::new(FrameProgress::default());
+        let watched = progress.clone();
         let (rx, tx) = ws.split(move |io| {
             let (r, w) = tokio::io::split(io);
-            (CountingReader::new(r, counter.clone()), BufWriter::new(w))
+            (FrameWatch::new(r, watched.clone()), BufWriter::new(w))
         });
         let frame_deadline =
             Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
-        let clock = FrameClock::new(bytes_read, frame_deadline);
+        let clock = FrameClock::new(progress, frame_deadline);
         let liveness = session.liveness.clone();
         let writer_done = CancellationToken::new();
         let reader = read_loop(rx, &state, &mut session, &writer_done, clock);
@@ -162,7 +161,7 @@ async fn read_loop(
                 }
             };
             if overdue {
-                // A frame begun and never finished (see frame_clock.rs).
+                // A frame begun and never finished (see frame_watch.rs).
                 handle
                     .queue
                     .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
@@ -172,15 +171,18 @@ async fn read_loop(
                 None => break,
             }
         };
-        if let Ok(f) = &frame {
-            clock.frame_read(f.payload.len());
-        }
         let frame = match frame {
             Ok(frame) => frame,
             Err(WebSocketError::FrameTooLarge) => {
                 handle
                     .queue
                     .close(protocol::close::TOO_BIG, CloseReason::TooBig);
+                break;
+            }
+            Err(WebSocketError::IoError(e)) if UnmaskedFrame::is(&e) => {
+                handle
+                    .queue
+                    .close(protocol::close::PROTOCOL_ERROR, CloseReason::ProtocolError);
                 break;
             }
             Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {

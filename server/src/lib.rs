@@ -15,7 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod drain;
-pub mod frame_clock;
+pub mod frame_watch;
 pub mod gateway;
 pub mod handle;
 pub mod liveness;

@@ -1,8 +1,10 @@
 //! Property tests of what a client or a backend reaches in the server without a socket:
 //! the envelope parser and encoder, close-frame answers, error clipping, token handling
 //! and the topic-to-subject mapping. Generated inputs, a bounded number of cases each;
-//! a panic or a broken invariant fails `cargo test`. (The same paths over real sockets
-//! are in tests/gateway.)
+//! a panic or a broken invariant fails `cargo test`. The envelope parser also has a
+//! checked-in seed corpus (`tests/corpus/envelopes`, see `switchboard_tests::corpus`),
+//! replayed exactly and then mutated. (The same paths over real sockets are in
+//! tests/gateway.)
 
 // Tests stop at the first failed step, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +15,50 @@ use switchboard_server::auth::Authenticator;
 use switchboard_server::bus::nats::Subjects;
 use switchboard_server::protocol::{self, OutMeta, close};
 use switchboard_spec::Topic;
+use switchboard_tests::corpus::{self, Seed};
+
+fn envelope_seeds() -> Vec<Seed> {
+    corpus::seeds(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/envelopes"
+    ))
+}
+
+/// What every input must come to: an envelope whose payload is delivered byte for byte
+/// as sent, or one bounded error. Returns whether it was accepted.
+fn parse_holds_its_promises(bytes: &[u8]) -> Result<bool, TestCaseError> {
+    match protocol::parse_inbound(bytes) {
+        Ok(m) => {
+            prop_assert!(!m.message_type.is_empty());
+            let frame = protocol::encode("T", OutMeta::default(), &*m.raw_payload);
+            prop_assert!(serde_json::from_slice::<Value>(&frame).is_ok());
+            let raw = m.raw_payload.get().as_bytes();
+            prop_assert!(
+                frame.windows(raw.len()).any(|w| w == raw),
+                "the delivery does not carry the payload as sent"
+            );
+            Ok(true)
+        }
+        Err(bad) => {
+            let frame = protocol::encode_error(
+                protocol::ERROR_TYPE,
+                bad.correlation_id.as_deref(),
+                &bad.rejection,
+            );
+            prop_assert!(frame.len() < 2048, "{} bytes", frame.len());
+            Ok(false)
+        }
+    }
+}
+
+#[test]
+fn every_envelope_seed_comes_to_its_named_outcome() {
+    for seed in envelope_seeds() {
+        let accepted =
+            parse_holds_its_promises(&seed.bytes).unwrap_or_else(|e| panic!("{}: {e}", seed.name));
+        assert_eq!(accepted, seed.must_be_accepted(), "{}", seed.name);
+    }
+}
 
 fn authenticator() -> (std::path::PathBuf, Authenticator) {
     let app = switchboard_spec::load(
@@ -48,18 +94,12 @@ proptest! {
 
     #[test]
     fn any_bytes_are_an_envelope_or_one_bounded_error(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        match protocol::parse_inbound(&bytes) {
-            Ok(m) => {
-                prop_assert!(!m.message_type.is_empty());
-                // What would be delivered is the payload as sent, and valid JSON.
-                let frame = protocol::encode("T", OutMeta::default(), &*m.raw_payload);
-                prop_assert!(serde_json::from_slice::<Value>(&frame).is_ok());
-            }
-            Err(bad) => {
-                let frame = protocol::encode_error(protocol::ERROR_TYPE, bad.correlation_id.as_deref(), &bad.rejection);
-                prop_assert!(frame.len() < 2048, "{} bytes", frame.len());
-            }
-        }
+        parse_holds_its_promises(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_envelope_seeds_are_an_envelope_or_one_bounded_error(bytes in corpus::mutations(&envelope_seeds())) {
+        parse_holds_its_promises(&bytes)?;
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn parse_manifest(yaml: &str) -> Result<AppManifest, SpecErrors> {
             .as_str()
             .map(str::to_owned)
     };
-    serde_path_to_error::deserialize(&value).map_err(|e| {
+    let manifest: AppManifest = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
             "(document)".to_owned()
@@ -58,7 +58,56 @@ pub fn parse_manifest(yaml: &str) -> Result<AppManifest, SpecErrors> {
         };
         let message = in_spec_words(&e.into_inner().to_string());
         SpecErrors(vec![SpecError::new(path, message).name_route(type_at)])
-    })
+    })?;
+    // serde's derived structs also accept a list of their fields in declaration order
+    // (`spec: [1, null, …]`). The CRD's schema makes Kubernetes refuse that, so the
+    // server and `--check` must too: read back what was parsed, and refuse any object
+    // that was written as a list.
+    let parsed = serde_json::to_value(&manifest).map_err(|e| {
+        SpecErrors(vec![SpecError::new(
+            "(document)",
+            format!("cannot read back: {e}"),
+        )])
+    })?;
+    if let Some(path) = object_written_as_list(&value, &parsed, String::new()) {
+        return Err(SpecErrors(vec![
+            SpecError::new(path, "expected an object (key: value fields), found a list")
+                .name_route(type_at),
+        ]));
+    }
+    Ok(manifest)
+}
+
+/// The first path (`spec.routes[0].payload`) where `written` has a list and `parsed`
+/// an object.
+fn object_written_as_list(
+    written: &serde_json::Value,
+    parsed: &serde_json::Value,
+    path: String,
+) -> Option<String> {
+    use serde_json::Value;
+    match (written, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(if path.is_empty() {
+            "(document)".to_owned()
+        } else {
+            path
+        }),
+        (Value::Object(w), Value::Object(p)) => p.iter().find_map(|(key, p)| {
+            let w = w.get(key)?;
+            let path = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            object_written_as_list(w, p, path)
+        }),
+        (Value::Array(w), Value::Array(p)) => w
+            .iter()
+            .zip(p)
+            .enumerate()
+            .find_map(|(i, (w, p))| object_written_as_list(w, p, format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// serde's messages name Rust types (`expected u32`, `invalid type: map`); a spec's

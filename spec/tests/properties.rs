@@ -1,6 +1,8 @@
 //! Property tests of what a spec author or a client reaches in the spec crate: manifest
 //! parsing and compiling, topic templates and their rendering. Generated inputs, a
 //! bounded number of cases each; a panic or a broken invariant fails `cargo test`.
+//! Manifests and templates also have checked-in seed corpora (`tests/corpus/`, see
+//! `switchboard_tests::corpus`), replayed exactly and then mutated.
 
 // Tests stop at the first failed step, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,8 +10,7 @@
 use proptest::prelude::*;
 use serde_json::json;
 use switchboard_spec::{Identity, Topic, TopicTemplate, load, parse_manifest};
-
-const CHAT: &str = include_str!("../../manifests/examples/chat.yaml");
+use switchboard_tests::corpus::{self, Seed};
 
 fn identity() -> Identity {
     Identity {
@@ -20,26 +21,110 @@ fn identity() -> Identity {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+fn manifest_seeds() -> Vec<Seed> {
+    corpus::seeds(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/manifests"
+    ))
+}
 
-    #[test]
-    fn any_text_is_parsed_or_refused_never_a_panic(text in "\\PC{0,400}") {
-        let _ = parse_manifest(&text);
-    }
+/// The corpus and the project's example apps, which hold most of the grammar.
+fn mutable_manifests() -> Vec<Seed> {
+    let mut seeds = manifest_seeds();
+    seeds.extend(corpus::seeds(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples"
+    )));
+    seeds
+}
 
-    #[test]
-    fn a_mangled_manifest_is_compiled_or_refused_with_paths(cut in 0usize..4000, junk in "[ -~\\n]{0,40}") {
-        // The example with some of its text replaced: every refusal names a field.
-        let at = cut.min(CHAT.len());
-        let at = (0..=at).rev().find(|i| CHAT.is_char_boundary(*i)).unwrap_or(0);
-        let mangled = format!("{}{junk}{}", &CHAT[..at], &CHAT[(at + junk.len()).min(CHAT.len())..]);
-        if let Err(errors) = load(&mangled) {
+fn template_seeds() -> Vec<Seed> {
+    corpus::seeds(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/templates"
+    ))
+}
+
+/// A manifest is compiled, or refused with errors that each name a field.
+fn compiled_or_refused_with_paths(text: &str) -> Result<Option<Vec<String>>, TestCaseError> {
+    match load(text) {
+        Ok(_) => Ok(None),
+        Err(errors) => {
             prop_assert!(!errors.0.is_empty());
             for e in &errors.0 {
                 prop_assert!(!e.path.is_empty() && !e.message.is_empty(), "{e:?}");
             }
+            Ok(Some(errors.0.iter().map(ToString::to_string).collect()))
         }
+    }
+}
+
+#[test]
+fn every_manifest_seed_comes_to_its_named_outcome() {
+    for seed in manifest_seeds() {
+        let refused = compiled_or_refused_with_paths(seed.text()).unwrap();
+        if seed.must_be_accepted() {
+            assert_eq!(refused, None, "{}", seed.name);
+            continue;
+        }
+        // A refused seed names the field at fault on its first line: `# path: P`.
+        let path = seed
+            .text()
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# path: "));
+        let path = path.unwrap_or_else(|| panic!("{} has no `# path:` first line", seed.name));
+        let errors = refused.unwrap_or_else(|| panic!("{} was accepted", seed.name));
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("{path}: "))),
+            "{}: no error at {path}: {errors:?}",
+            seed.name
+        );
+    }
+}
+
+#[test]
+fn every_template_seed_comes_to_its_named_outcome() {
+    for seed in template_seeds() {
+        let parsed = TopicTemplate::parse(seed.text());
+        assert_eq!(
+            parsed.is_ok(),
+            seed.must_be_accepted(),
+            "{}: {parsed:?}",
+            seed.name
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn mutated_manifest_seeds_are_compiled_or_refused_with_paths(bytes in corpus::mutations(&mutable_manifests())) {
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            compiled_or_refused_with_paths(text)?;
+        }
+    }
+
+    #[test]
+    fn mutated_template_seeds_parse_or_refuse_and_render_valid_topics(bytes in corpus::mutations(&template_seeds())) {
+        let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
+        if let Ok(template) = TopicTemplate::parse(text) {
+            let fields: serde_json::Map<String, serde_json::Value> = text
+                .split(['{', '}'])
+                .skip(1)
+                .step_by(2)
+                .map(|name| (name.to_owned(), json!("v")))
+                .collect();
+            if let Ok(topic) = template.render(&serde_json::Value::Object(fields), &identity()) {
+                prop_assert!(Topic::parse(topic.as_str()).is_ok(), "{topic} does not parse back");
+            }
+        }
+    }
+
+    #[test]
+    fn any_text_is_parsed_or_refused_never_a_panic(text in "\\PC{0,400}") {
+        let _ = parse_manifest(&text);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod client;
 #[cfg(feature = "control-plane")]
 mod control_plane;
+pub mod corpus;
 mod http;
 mod jaeger;
 mod nats;

@@ -322,6 +322,22 @@ impl RawWs {
         self.stream.write_all(&frame).await.unwrap();
     }
 
+    /// The bytes of one frame as a server would send it: unmasked, which a client must
+    /// never do (RFC 6455 §5.1).
+    pub fn unmasked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Self::frame(opcode, fin, payload);
+        let header = frame.len() - payload.len() - 4;
+        frame[1] &= 0x7f;
+        frame.truncate(header);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// The bytes of one masked frame, as `send` writes them.
+    pub fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        Self::frame(opcode, fin, payload)
+    }
+
     /// Writes raw bytes as they are (e.g. half a frame).
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
@@ -381,6 +397,20 @@ impl RawWs {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Reads until the server's close frame: the opcodes of the frames before it, and its
+    /// code (`None`: EOF without one).
+    pub async fn frames_until_close(&mut self) -> (Vec<u8>, Option<u16>) {
+        let mut before = Vec::new();
+        while let Some((opcode, payload)) = self.read_frame().await {
+            if opcode == 8 {
+                let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                return (before, code);
+            }
+            before.push(opcode);
+        }
+        (before, None)
     }
 
     /// Reads until the server's close frame; its code (`None`: EOF without one).

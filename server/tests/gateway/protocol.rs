@@ -1,5 +1,7 @@
 //! Wire protocol v1: the envelope, replies, acks and every rejection of a bad message.
 
+use std::time::Duration;
+
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -344,9 +346,58 @@ async fn frames_that_break_rfc_6455_close_with_its_codes() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn unmasked_client_frames_close_1002_and_are_never_processed() {
+    let server = TestServer::start(TEST_APP).await;
+    let heartbeat = br#"{"type":"__heartbeat"}"#;
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "an unmasked heartbeat",
+            RawWs::unmasked(1, true, heartbeat),
+            vec![],
+        ),
+        ("an unmasked ping", RawWs::unmasked(9, true, b"p"), vec![]),
+        (
+            "an unmasked frame after a masked one, in one write",
+            [
+                RawWs::masked(1, true, heartbeat),
+                RawWs::unmasked(1, true, heartbeat),
+            ]
+            .concat(),
+            vec![1],
+        ),
+        (
+            "an unmasked continuation",
+            [
+                RawWs::masked(1, false, b"{\"type\":"),
+                RawWs::unmasked(0, true, b"\"__heartbeat\"}"),
+            ]
+            .concat(),
+            vec![],
+        ),
+    ];
+    for (what, bytes, answered) in cases {
+        let mut ws = RawWs::connect(server.ws).await;
+        ws.send_bytes(&bytes).await;
+        let (before, code) = ws.frames_until_close().await;
+        assert_eq!(code, Some(1002), "{what}");
+        assert_eq!(before, answered, "{what}: frames answered before the close");
+    }
+    // An unmasked header split across writes is caught too.
+    let mut ws = RawWs::connect(server.ws).await;
+    let frame = RawWs::unmasked(1, true, heartbeat);
+    ws.send_bytes(&frame[..1]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws.send_bytes(&frame[1..]).await;
+    assert_eq!(ws.frames_until_close().await, (vec![], Some(1002)));
+    let mut c = server.client().await;
+    c.assert_alive().await;
+    server.stop().await;
+}
+
 /// A fuzzer of the reader over a real socket: seeded random frame sequences (any
-/// opcode, reserved ones included; fin or not; random payloads; control frames too
-/// large), each followed by a valid close. Whatever came before, the server answers with
+/// opcode, reserved ones included; fin or not; masked or not; random payloads; control
+/// frames too large), each followed by a valid close. Whatever came before, the server answers with
 /// a close code an endpoint may send, and keeps serving. Seeded, so a failure repeats.
 #[tokio::test]
 async fn random_frame_sequences_always_end_in_a_valid_close() {
@@ -369,8 +420,13 @@ async fn random_frame_sequences_always_end_in_a_valid_close() {
             } else {
                 br#"{"type":"__heartbeat"}"#.iter().copied().cycle().take(len).collect()
             };
-            sent.push((opcode, fin, len));
-            ws.send(opcode, fin, &payload).await;
+            let masked = rng.random_bool(0.9);
+            sent.push((opcode, fin, len, masked));
+            if masked {
+                ws.send(opcode, fin, &payload).await;
+            } else {
+                ws.send_bytes(&RawWs::unmasked(opcode, fin, &payload)).await;
+            }
         }
         ws.send(8, true, &1000u16.to_be_bytes()).await;
         let code = ws.close_code().await;
