@@ -19,6 +19,7 @@ use switchboard_ops::metrics::{CounterByLabel, CounterByName, register};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::Stored;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue, Pushed};
 use crate::protocol::{self, ErrorCode, Rejection};
@@ -78,6 +79,27 @@ impl ConnectionHandle {
             message_type,
             protocol::encode_reply(message_type, correlation_id, payload),
         )
+    }
+
+    /// Queues the publications a recovering subscribe missed, oldest first (see
+    /// [`OutboundQueue::push_replay`]).
+    pub fn replay(&self, publications: &[Stored]) -> bool {
+        let published_at = Instant::now();
+        let pushed = self
+            .queue
+            .push_replay(publications.iter().map(|p| Outbound::Delivery {
+                frame: p.frame.clone(),
+                published_at,
+            }));
+        if pushed != Pushed::Queued {
+            return self.account(pushed, None);
+        }
+        for p in publications {
+            if let Some(sent) = self.metrics.outbound.sent_counter(&p.message_type) {
+                sent.inc();
+            }
+        }
+        true
     }
 
     /// Queues an error frame (`ERROR`, or `RPC_ERROR` for a request route) saying why a

@@ -15,6 +15,7 @@ use crate::connection::ConnectionMetrics;
 use crate::drain::DrainMetrics;
 use crate::gateway::GatewayMetrics;
 use crate::handle::OutboundMetrics;
+use crate::history::HistoryMetrics;
 use crate::protocol;
 use crate::ratelimit::RateLimitMetrics;
 use crate::router::MessageMetrics;
@@ -31,6 +32,7 @@ pub struct Metrics {
     pub bus: BusMetrics,
     pub rpc: RpcMetrics,
     pub drain: DrainMetrics,
+    pub history: HistoryMetrics,
 }
 
 impl Metrics {
@@ -57,6 +59,7 @@ impl Metrics {
             bus: BusMetrics::register(&mut registry),
             rpc: RpcMetrics::register(&mut registry),
             drain: DrainMetrics::register(&mut registry),
+            history: HistoryMetrics::register(&mut registry),
             registry,
         }
     }
@@ -78,12 +81,18 @@ fn sent_types(app: &CompiledApp) -> Vec<&str> {
         protocol::ERROR_TYPE,
         protocol::RPC_ERROR_TYPE,
         protocol::HEARTBEAT_ACK_TYPE,
+        protocol::JOIN_TYPE,
+        protocol::LEAVE_TYPE,
     ];
     for route in app.routes.values() {
         match &route.action {
             RouteAction::Publish(publish) => types.push(&publish.emit),
             RouteAction::Request(request) => types.push(&request.reply),
-            RouteAction::Subscribe(_) | RouteAction::Unsubscribe(_) | RouteAction::Forward(_) => {}
+            RouteAction::Subscribe(_)
+            | RouteAction::Unsubscribe(_)
+            | RouteAction::Forward(_)
+            | RouteAction::History(_)
+            | RouteAction::Presence(_) => {}
         }
     }
     types.sort_unstable();

@@ -112,6 +112,21 @@ impl OutboundQueue {
         outcome
     }
 
+    /// Queues a recovering subscribe's replay whole, past the bound: the replay is
+    /// bounded itself (`limits.maxRecoveryPublications`), and cutting it would turn a
+    /// recovery into a loss. Later deliveries meet the bound as usual.
+    pub fn push_replay(&self, items: impl IntoIterator<Item = Outbound>) -> Pushed {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return Pushed::Closed;
+            }
+            s.items.extend(items);
+        }
+        self.ready.notify_one();
+        Pushed::Queued
+    }
+
     /// Queues a close after everything already queued. Later pushes are dropped.
     /// Returns false when a close was already queued.
     pub fn close(&self, code: u16, reason: CloseReason) -> bool {

@@ -2,7 +2,7 @@
 //! subscribe or publish there under the app's topic rules (roles, owner, subscribed
 //! first).
 
-use switchboard_spec::{Topic, TopicAccess, TopicTemplate};
+use switchboard_spec::{CompiledTopicRule, Topic, TopicAccess, TopicTemplate};
 
 use crate::protocol::{ErrorCode, Inbound, Rejection};
 use crate::session::Session;
@@ -35,13 +35,14 @@ pub fn render(
         .map_err(|e| Rejection::invalid_field(e.pointer(), e.to_string()))
 }
 
-/// Applies the `subscribe` or `publish` access of the first topic rule governing `topic`.
-pub fn check_access(
-    state: &AppState,
+/// Applies the `subscribe` or `publish` access of the first topic rule governing
+/// `topic`, and returns that rule (its `history` and `presence` say what else to do).
+pub fn check_access<'a>(
+    state: &'a AppState,
     session: &Session,
     topic: &Topic,
     verb: Verb,
-) -> Result<(), Rejection> {
+) -> Result<&'a CompiledTopicRule, Rejection> {
     let Some((rule, captures)) = state.app.topic_rule(topic) else {
         return Err(Rejection::new(
             ErrorCode::PermissionDenied,
@@ -76,5 +77,5 @@ pub fn check_access(
             format!("subscribe to {topic} before publishing to it"),
         ));
     }
-    Ok(())
+    Ok(rule)
 }

@@ -19,6 +19,10 @@ pub const AUTH_TYPE: &str = "$ws:auth";
 /// Sent when the server ends a subscription the client did not ask to end: a refreshed
 /// token no longer allows it (docs/PROTOCOL.md §5).
 pub const UNSUBSCRIBED_TYPE: &str = "$ws:unsubscribed";
+/// A user joined a presence topic (docs/PROTOCOL.md §5).
+pub const JOIN_TYPE: &str = "$ws:join";
+/// A user left a presence topic.
+pub const LEAVE_TYPE: &str = "$ws:leave";
 pub const HEARTBEAT_TYPE: &str = "__heartbeat";
 pub const HEARTBEAT_ACK_TYPE: &str = "__heartbeat_ack";
 /// Longest `meta.correlationId` accepted.
@@ -207,6 +211,16 @@ pub struct Inbound {
     /// The payload exactly as the client wrote it: deliveries and backends get these
     /// bytes, so numbers like `2^64`, `-0` or `1e2` arrive unchanged (docs/PROTOCOL.md §3).
     pub raw_payload: Box<RawValue>,
+    /// `meta.since`: where a recovering subscribe left off (docs/RECOVERY.md).
+    pub since: Option<Since>,
+}
+
+/// A position in a topic's history, as a client last saw it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +245,8 @@ struct RawMeta {
     timestamp: Option<serde_json::Number>,
     #[serde(default)]
     traceparent: Option<String>,
+    #[serde(default)]
+    since: Option<ObjectOnly<Since>>,
 }
 
 /// A message that could not be parsed, and the correlation id to answer it with if one
@@ -268,9 +284,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
 pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
     match serde_json::from_slice::<ObjectOnly<RawEnvelope>>(text) {
         Ok(ObjectOnly(raw)) => {
-            let (correlation_id, traceparent) = match raw.meta {
-                Some(ObjectOnly(m)) => (m.correlation_id, m.traceparent),
-                None => (None, None),
+            let (correlation_id, traceparent, since) = match raw.meta {
+                Some(ObjectOnly(m)) => (m.correlation_id, m.traceparent, m.since.map(|s| s.0)),
+                None => (None, None, None),
             };
             let bad = |message: &str| BadEnvelope {
                 rejection: Rejection::new(ErrorCode::InvalidArgument, message),
@@ -314,6 +330,7 @@ pub fn parse_inbound(text: &[u8]) -> Result<Inbound, BadEnvelope> {
                 traceparent,
                 payload,
                 raw_payload,
+                since,
             })
         }
         Err(e) => {
@@ -364,6 +381,11 @@ pub struct OutMeta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publisher: Option<&'a str>,
     pub timestamp: u64,
+    /// Position in the topic's history (topics with `history` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
 }
 
 /// What [`encode`] sends if serialization ever failed: a well-formed `ERROR`, never an

@@ -5,10 +5,12 @@
 //! sixth in a row closes the connection with 1008), since each bad signature costs a
 //! verification.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::actions;
 use crate::liveness;
 use crate::policy::{self, Verb};
 use crate::protocol::{self, CloseReason, ErrorCode, Inbound, Rejection};
@@ -23,7 +25,7 @@ const FAILED_REFRESH_GAP: Duration = Duration::from_secs(1);
 const MAX_FAILED_REFRESHES: u32 = 6;
 
 pub fn refresh_token(
-    state: &AppState,
+    state: &Arc<AppState>,
     session: &mut Session,
     msg: &Inbound,
 ) -> Result<(), Rejection> {
@@ -95,7 +97,7 @@ fn verified(
 }
 
 /// Re-applies each held topic's `subscribe` access to the new identity.
-fn end_what_is_no_longer_allowed(state: &AppState, session: &mut Session) {
+fn end_what_is_no_longer_allowed(state: &Arc<AppState>, session: &mut Session) {
     let denied: Vec<_> = session
         .subscriptions
         .iter()
@@ -107,9 +109,7 @@ fn end_what_is_no_longer_allowed(state: &AppState, session: &mut Session) {
         .collect();
     for (topic, r) in denied {
         session.subscriptions.remove(&topic);
-        if state.registry.unsubscribe(&topic, &session.handle.id) {
-            state.bus.topic_inactive(&topic);
-        }
+        actions::unsubscribe::drop_subscription(state, session, &topic, true);
         session.handle.reply(
             protocol::UNSUBSCRIBED_TYPE,
             None,

@@ -147,6 +147,8 @@ fn dispatch(state: &Arc<AppState>, session: &mut Session, msg: &Inbound) -> Resu
             Ok(())
         }
         RouteAction::Forward(action) => actions::forward::run(state, session, msg, action),
+        RouteAction::History(action) => actions::history::run(state, session, msg, action),
+        RouteAction::Presence(template) => actions::presence::run(state, session, msg, template),
     }
     .map_err(refused)
 }

@@ -21,7 +21,9 @@ use crate::{drain, gateway};
 use switchboard_ops::admin;
 use switchboard_ops::shutdown::Shutdown;
 
-/// How often idle shared rate-limit buckets are swept.
+/// How long a history log with nothing stored is kept before it is forgotten.
+const HISTORY_IDLE: Duration = Duration::from_secs(600);
+/// How often idle shared rate-limit buckets and history logs are swept.
 const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Server {
@@ -113,7 +115,7 @@ impl Server {
             state.clone(),
             admin_stop.clone(),
         ));
-        let sweeper = tokio::spawn(sweep_buckets(state.clone()));
+        let sweeper = tokio::spawn(sweep_idle_state(state.clone()));
 
         shutdown.begin.cancelled().await;
         let started = Instant::now();
@@ -138,10 +140,13 @@ impl Server {
     }
 }
 
-async fn sweep_buckets(state: Arc<AppState>) {
+/// Forgets what idle users and topics left behind: rate-limit buckets, and history
+/// logs with nothing stored (see history.rs).
+async fn sweep_idle_state(state: Arc<AppState>) {
     let mut every = tokio::time::interval(BUCKET_SWEEP_EVERY);
     loop {
         every.tick().await;
         state.limiter.evict_idle(Instant::now());
+        state.history.sweep(HISTORY_IDLE);
     }
 }

@@ -12,7 +12,9 @@ use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::handle::ConnectionHandle;
+use crate::history::TopicHistory;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::ratelimit::RateLimiter;
 use crate::topics::TopicRegistry;
 
@@ -23,6 +25,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<TopicRegistry>,
     pub bus: Arc<dyn Bus>,
+    /// Recent publications of the topics whose rule declares `history`.
+    pub history: TopicHistory,
+    /// Members of the topics whose rule declares `presence`.
+    pub presence: Presence,
     pub limiter: RateLimiter,
     pub auth: Authenticator,
     pub admission: Admission,
@@ -58,6 +64,8 @@ impl AppState {
             metrics,
             registry,
             bus,
+            history: TopicHistory::new(),
+            presence: Presence::default(),
             limiter,
             auth,
             admission,

@@ -19,6 +19,17 @@ pub enum RouteAction {
     /// Shared, because the answer is built in a task of its own after the backend replies.
     Request(Arc<RequestAction>),
     Forward(ForwardAction),
+    History(HistoryAction),
+    /// Answer the rendered topic's members.
+    Presence(TopicTemplate),
+}
+
+/// Answer a topic's recent publications.
+#[derive(Debug)]
+pub struct HistoryAction {
+    pub topic: TopicTemplate,
+    /// Most publications one answer holds.
+    pub max_limit: u32,
 }
 
 /// Deliver the message to every subscriber of a topic, as type `emit`.

@@ -14,9 +14,12 @@ use std::time::Duration;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use crate::action::{ForwardAction, PublishAction, RequestAction, RouteAction};
+use crate::action::{ForwardAction, HistoryAction, PublishAction, RequestAction, RouteAction};
 use crate::topic::{TemplateVar, TopicPattern, TopicTemplate};
-use crate::types::{AppManifest, RateLimitKey, RealtimeAppSpec, SecretKeyRef, TopicAccess};
+use crate::types::{
+    AppManifest, HistorySettings, PresenceSettings, RateLimitKey, RealtimeAppSpec, SecretKeyRef,
+    TopicAccess,
+};
 
 /// Longest message `type` (docs/PROTOCOL.md §2).
 pub const MAX_TYPE_LEN: usize = 128;
@@ -29,6 +32,10 @@ pub const MAX_BUCKET_NAME: usize = 63;
 pub const MAX_TOPIC_RULES: usize = 256;
 /// Default RPC deadline when a request route sets none.
 pub const DEFAULT_RPC_TIMEOUT_MS: u32 = 5_000;
+/// Most publications a topic keeps, and most one history answer holds.
+pub const MAX_HISTORY_SIZE: u32 = 10_000;
+/// A history route's `maxLimit` when absent.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 /// Longest RPC deadline a route may ask for.
 pub const MAX_RPC_TIMEOUT_MS: u32 = 300_000;
 /// Clock skew tolerated on token times when the spec sets none.
@@ -153,6 +160,8 @@ pub struct CompiledTopicRule {
     pub pattern: TopicPattern,
     pub subscribe: TopicAccess,
     pub publish: TopicAccess,
+    pub history: Option<HistorySettings>,
+    pub presence: Option<PresenceSettings>,
 }
 
 /// JWT verification settings, checked for consistency; the server loads the keys.
@@ -392,10 +401,23 @@ fn compile_topics(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<CompiledTopic
                 "only applies to publish",
             );
         }
+        if let Some(h) = &rule.history {
+            if !(1..=MAX_HISTORY_SIZE).contains(&h.size) {
+                p.add(
+                    format!("{path}.history.size"),
+                    format!("must be between 1 and {MAX_HISTORY_SIZE}"),
+                );
+            }
+            if h.ttl_seconds == 0 {
+                p.add(format!("{path}.history.ttlSeconds"), "must be more than 0");
+            }
+        }
         out.push(CompiledTopicRule {
             pattern,
             subscribe: rule.subscribe.clone().unwrap_or_default(),
             publish: rule.publish.clone().unwrap_or_default(),
+            history: rule.history,
+            presence: rule.presence,
         });
     }
     out
@@ -482,6 +504,8 @@ fn compile_action(
         route.publish.is_some(),
         route.request.is_some(),
         route.forward.is_some(),
+        route.history.is_some(),
+        route.presence.is_some(),
     ]
     .iter()
     .filter(|x| **x)
@@ -490,7 +514,7 @@ fn compile_action(
         p.add(
             path,
             format!(
-                "a route has exactly one action of subscribe, unsubscribe, publish, request, forward (found {declared})"
+                "a route has exactly one action of subscribe, unsubscribe, publish, request, forward, history, presence (found {declared})"
             ),
         );
         return None;
@@ -525,6 +549,45 @@ fn compile_action(
     }
     if let Some(a) = &route.unsubscribe {
         return template("unsubscribe", &a.topic).map(RouteAction::Unsubscribe);
+    }
+    if let Some(a) = &route.history {
+        let topic = template("history", &a.topic)?;
+        if !topics
+            .iter()
+            .any(|t| t.history.is_some() && t.pattern.may_match(&topic))
+        {
+            p.add(
+                format!("{path}.history.topic"),
+                format!(
+                    "no rule of spec.topics that may govern {:?} declares history",
+                    a.topic
+                ),
+            );
+        }
+        let max_limit = a.max_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        if !(1..=MAX_HISTORY_SIZE).contains(&max_limit) {
+            p.add(
+                format!("{path}.history.maxLimit"),
+                format!("must be between 1 and {MAX_HISTORY_SIZE}"),
+            );
+        }
+        return Some(RouteAction::History(HistoryAction { topic, max_limit }));
+    }
+    if let Some(a) = &route.presence {
+        let topic = template("presence", &a.topic)?;
+        if !topics
+            .iter()
+            .any(|t| t.presence.is_some() && t.pattern.may_match(&topic))
+        {
+            p.add(
+                format!("{path}.presence.topic"),
+                format!(
+                    "no rule of spec.topics that may govern {:?} declares presence",
+                    a.topic
+                ),
+            );
+        }
+        return Some(RouteAction::Presence(topic));
     }
     if let Some(a) = &route.publish {
         let topic = template("publish", &a.topic)?;

@@ -12,7 +12,7 @@ mod schema;
 pub mod topic;
 pub mod types;
 
-pub use action::{ForwardAction, PublishAction, RequestAction, RouteAction};
+pub use action::{ForwardAction, HistoryAction, PublishAction, RequestAction, RouteAction};
 pub use compile::{
     Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, SpecError,
     SpecErrors, compile,

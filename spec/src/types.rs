@@ -223,6 +223,9 @@ pub struct Limits {
     pub idle_timeout_seconds: u32,
     /// Time from TCP accept to a complete upgrade request.
     pub handshake_timeout_seconds: u32,
+    /// Most publications one recovering subscribe replays; more missed and the ack says
+    /// `recovered: false, reason: limit`.
+    pub max_recovery_publications: u32,
 }
 
 impl Default for Limits {
@@ -236,6 +239,7 @@ impl Default for Limits {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             idle_timeout_seconds: 0,
             handshake_timeout_seconds: 10,
+            max_recovery_publications: 1000,
         }
     }
 }
@@ -322,6 +326,34 @@ pub struct TopicRule {
     /// Absent: any connection may publish (through a route that publishes here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<TopicAccess>,
+    /// Keep the topic's recent publications: deliveries then carry `meta.offset` and
+    /// `meta.epoch`, a subscribe may recover what it missed (`meta.since`), and
+    /// `history` routes can read them (docs/RECOVERY.md). Absent: no history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistorySettings>,
+    /// Track who is subscribed: `presence` routes answer the members. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceSettings>,
+}
+
+/// How much of a topic's past is kept.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Publications kept per topic (1 to 10000); older ones are trimmed.
+    #[schemars(range(min = 1, max = 10000))]
+    pub size: u32,
+    /// Seconds a publication is kept (more than 0).
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// Send `$ws:join` and `$ws:leave` to the topic's subscribers as users come and go.
+    #[serde(default)]
+    pub join_leave: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -342,8 +374,8 @@ pub struct TopicAccess {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "[has(self.subscribe), has(self.unsubscribe), has(self.publish), has(self.request), has(self.forward)].filter(x, x).size() == 1",
-     "message": "a route has exactly one action of subscribe, unsubscribe, publish, request, forward"}
+    {"rule": "[has(self.subscribe), has(self.unsubscribe), has(self.publish), has(self.request), has(self.forward), has(self.history), has(self.presence)].filter(x, x).size() == 1",
+     "message": "a route has exactly one action of subscribe, unsubscribe, publish, request, forward, history, presence"}
 ]))]
 pub struct RouteSpec {
     #[serde(rename = "type")]
@@ -369,6 +401,12 @@ pub struct RouteSpec {
     pub request: Option<RequestAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<ForwardAction>,
+    /// Answer the topic's recent publications (the topic's rule declares `history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryAction>,
+    /// Answer the topic's members (the topic's rule declares `presence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<TopicAction>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -417,6 +455,18 @@ pub struct RequestAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::free_form_object")]
     pub reply_schema: Option<Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryAction {
+    /// Topic template, e.g. `room:{roomId}`.
+    pub topic: String,
+    /// Most publications one answer holds (a request's `limit` is capped to it); 100
+    /// when absent, at most 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_limit: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -2,6 +2,8 @@
 //! Each answers the client itself: an ack, a reply, or (via `Err`) an error frame.
 
 pub mod forward;
+pub mod history;
+pub mod presence;
 pub mod publish;
 pub mod request;
 pub mod subscribe;

@@ -1,13 +1,17 @@
 //! `subscribe`: add the sender to a topic's subscribers, acknowledged once deliveries
-//! from every replica reach it.
+//! from every replica reach it. On a topic with history the ack carries the position,
+//! and a subscribe with `meta.since` gets what it missed replayed first
+//! (docs/RECOVERY.md); on a topic with presence the sender becomes a member.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_spec::TopicTemplate;
+use switchboard_spec::{CompiledTopicRule, HistorySettings, Topic, TopicTemplate};
 
+use crate::actions::presence;
 use crate::bus::SubscribedFuture;
+use crate::history::Subscribed;
 use crate::policy::{self, Verb};
 use crate::protocol::{self, ErrorCode, Inbound, Rejection};
 use crate::session::Session;
@@ -24,9 +28,9 @@ pub fn run(
     template: &TopicTemplate,
 ) -> Result<(), Rejection> {
     let topic = policy::render(template, session, msg)?;
-    policy::check_access(state, session, &topic, Verb::Subscribe)?;
-    let answer = json!({"topic": topic.as_str()});
-    if !session.subscriptions.contains(&topic) {
+    let rule = policy::check_access(state, session, &topic, Verb::Subscribe)?;
+    let held = session.subscriptions.contains(&topic);
+    if !held {
         let max = state.app.spec.limits.max_subscriptions_per_connection as usize;
         if session.subscriptions.len() >= max {
             return Err(Rejection {
@@ -37,15 +41,97 @@ pub fn run(
                 )
             });
         }
-        state.registry.subscribe(&topic, &session.handle);
-        session.subscriptions.insert(topic.clone());
-        if let Some(subscribed) = state.bus.topic_active(&topic) {
-            ack_once(state, session, msg, answer, subscribed);
-            return Ok(());
+    }
+    if let Some(settings) = rule.history {
+        subscribe_with_history(state, session, msg, &topic, settings, held);
+    } else {
+        let answer = json!({"topic": topic.as_str()});
+        if held {
+            session.ack(msg, &answer);
+        } else {
+            join(state, session, &topic);
+            match state.bus.topic_active(&topic) {
+                Some(subscribed) => ack_once(state, session, msg, answer, subscribed),
+                None => session.ack(msg, &answer),
+            }
         }
     }
-    session.ack(msg, &answer);
+    if !held {
+        become_member(state, session, &topic, rule);
+    }
     Ok(())
+}
+
+/// Under the topic's history lock: the ack with the position, then the replay, then
+/// the subscription, so live publications follow the replay with no gap or repeat.
+fn subscribe_with_history(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    msg: &Inbound,
+    topic: &Topic,
+    settings: HistorySettings,
+    held: bool,
+) {
+    // A held subscription already receives everything: nothing to recover.
+    let since = if held { None } else { msg.since.as_ref() };
+    let limit = state.app.spec.limits.max_recovery_publications as usize;
+    state
+        .history
+        .subscribe(topic, settings, since, limit, |found: Subscribed| {
+            let mut answer = json!({
+                "topic": topic.as_str(),
+                "offset": found.position.offset,
+                "epoch": &*found.position.epoch,
+            });
+            match &found.recovery {
+                Some(Ok(_)) => answer["recovered"] = json!(true),
+                Some(Err(reason)) => {
+                    answer["recovered"] = json!(false);
+                    answer["reason"] = json!(reason.as_str());
+                }
+                None => {}
+            }
+            if let Some(recovery) = &found.recovery {
+                state.metrics.history.count(recovery);
+            }
+            // A recovering client needs the ack to know where it stands, asked or not.
+            if msg.correlation_id.is_some() || since.is_some() {
+                session
+                    .handle
+                    .reply(protocol::ACK_TYPE, msg.correlation_id.as_deref(), &answer);
+            }
+            if let Some(Ok(missed)) = &found.recovery {
+                session.handle.replay(missed);
+            }
+            if !held {
+                join(state, session, topic);
+            }
+        });
+    if !held {
+        // History topics are served by this pod alone (see docs/RECOVERY.md), so the
+        // bus has nothing to confirm; it still learns of the topic.
+        drop(state.bus.topic_active(topic));
+    }
+}
+
+/// Adds the subscriber here.
+fn join(state: &AppState, session: &mut Session, topic: &Topic) {
+    state.registry.subscribe(topic, &session.handle);
+    session.subscriptions.insert(topic.clone());
+}
+
+/// On a presence topic, the sender is a member from now on.
+fn become_member(state: &AppState, session: &Session, topic: &Topic, rule: &CompiledTopicRule) {
+    let Some(settings) = rule.presence else {
+        return;
+    };
+    if let Some(event) = state
+        .presence
+        .join(topic, &session.handle.id, &session.user_id)
+        && settings.join_leave
+    {
+        presence::announce(state, topic, &event);
+    }
 }
 
 /// `$ws:ack` once `subscribed` resolves: until then a publish on another replica might

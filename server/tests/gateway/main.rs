@@ -10,6 +10,7 @@ mod drain;
 mod examples;
 mod harness;
 mod heartbeat;
+mod history;
 mod limits;
 mod nats;
 mod protocol;
