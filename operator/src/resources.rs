@@ -441,7 +441,7 @@ mod tests {
         let scaled = app(|a| {
             a.spec.nats = Some(switchboard_spec::NatsSettings {
                 url: "nats://n:4222".into(),
-                subject_prefix: None,
+                ..Default::default()
             });
             a.spec.autoscaling = Some(switchboard_spec::Autoscaling {
                 min_replicas: Some(2),

@@ -19,7 +19,7 @@ use switchboard_ops::metrics::{CounterByLabel, CounterByName, register};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::history::Stored;
+use crate::history::Publication;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue, Pushed};
 use crate::protocol::{self, ErrorCode, Rejection};
@@ -83,7 +83,7 @@ impl ConnectionHandle {
 
     /// Queues the publications a recovering subscribe missed, oldest first (see
     /// [`OutboundQueue::push_replay`]).
-    pub fn replay(&self, publications: &[Stored]) -> bool {
+    pub fn replay(&self, publications: &[Publication]) -> bool {
         let published_at = Instant::now();
         let pushed = self
             .queue

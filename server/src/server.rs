@@ -15,6 +15,9 @@ use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{self, NatsBus};
 use crate::config::ServerConfig;
+use crate::history::HistoryStore;
+use crate::history::jetstream::JetStreamHistory;
+use crate::history::memory::TopicHistory;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::{drain, gateway};
@@ -62,10 +65,26 @@ impl Server {
             metrics,
             move |app, registry| match nats {
                 Some(connection) => {
-                    NatsBus::start(connection, app, registry, bus_metrics, bus_instance)
-                        as Arc<dyn Bus>
+                    let has_history = app.topics.iter().any(|t| t.history.is_some());
+                    let history = if has_history {
+                        HistoryStore::JetStream(JetStreamHistory::start(
+                            connection.client(),
+                            app,
+                            NatsBus::subjects_of(app),
+                            registry.clone(),
+                            bus_metrics.clone(),
+                            bus_instance.clone(),
+                        ))
+                    } else {
+                        HistoryStore::Memory(TopicHistory::new())
+                    };
+                    let bus = NatsBus::start(connection, app, registry, bus_metrics, bus_instance);
+                    (bus as Arc<dyn Bus>, history)
                 }
-                None => Arc::new(LocalBus::new(registry)),
+                None => (
+                    Arc::new(LocalBus::new(registry)) as Arc<dyn Bus>,
+                    HistoryStore::Memory(TopicHistory::new()),
+                ),
             },
         ));
         let ws = TcpListener::bind(config.listen)
@@ -147,6 +166,8 @@ async fn sweep_idle_state(state: Arc<AppState>) {
     loop {
         every.tick().await;
         state.limiter.evict_idle(Instant::now());
-        state.history.sweep(HISTORY_IDLE);
+        if let HistoryStore::Memory(history) = &state.history {
+            history.sweep(HISTORY_IDLE);
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::handle::ConnectionHandle;
-use crate::history::TopicHistory;
+use crate::history::HistoryStore;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::ratelimit::RateLimiter;
@@ -26,7 +26,7 @@ pub struct AppState {
     pub registry: Arc<TopicRegistry>,
     pub bus: Arc<dyn Bus>,
     /// Recent publications of the topics whose rule declares `history`.
-    pub history: TopicHistory,
+    pub history: HistoryStore,
     /// Members of the topics whose rule declares `presence`.
     pub presence: Presence,
     pub limiter: RateLimiter,
@@ -49,10 +49,10 @@ impl AppState {
         instance: Arc<str>,
         auth: Authenticator,
         metrics: Arc<Metrics>,
-        bus_for: impl FnOnce(&CompiledApp, Arc<TopicRegistry>) -> Arc<dyn Bus>,
+        bus_for: impl FnOnce(&CompiledApp, Arc<TopicRegistry>) -> (Arc<dyn Bus>, HistoryStore),
     ) -> Self {
         let registry = Arc::new(TopicRegistry::new(metrics.clone()));
-        let bus = bus_for(&app, registry.clone());
+        let (bus, history) = bus_for(&app, registry.clone());
         let limiter = RateLimiter::new(app.buckets.clone());
         let admission = Admission::new(
             app.spec.limits.max_connections,
@@ -64,7 +64,7 @@ impl AppState {
             metrics,
             registry,
             bus,
-            history: TopicHistory::new(),
+            history,
             presence: Presence::default(),
             limiter,
             auth,
@@ -98,6 +98,8 @@ impl switchboard_ops::admin::AdminState for AppState {
             Err("draining\n")
         } else if !self.bus.is_ready() {
             Err("waiting for the first NATS connection\n")
+        } else if !self.history.is_ready() {
+            Err("waiting for the JetStream history stream\n")
         } else {
             Ok(())
         }

@@ -147,6 +147,10 @@ pub struct NatsSettings {
     /// First token of every subject this app uses; `sb` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_prefix: Option<String>,
+    /// Byte bound of the app's JetStream history stream (topics with `history`);
+    /// 256 MiB when absent. The oldest publications go first when it is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -1,4 +1,4 @@
-//! A real nats-server (from `hack/tools.sh`, on PATH) on loopback ports.
+//! A real nats-server (from `hack/tools.sh`, on PATH) on loopback ports, with JetStream.
 //!
 //! The ports lie below the kernel's ephemeral range. A client reconnecting to a port
 //! in that range while nothing listens there can be given that very port as its own
@@ -59,6 +59,11 @@ impl NatsServer {
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
             .arg("--ports_file_dir")
             .arg(&self.dir)
+            // JetStream with file storage in the server's own directory: history
+            // survives a restart, as on a real NATS deployment.
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.dir.join("jetstream"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -79,7 +79,7 @@ async fn the_crd_is_served_and_enforces_the_spec() -> anyhow::Result<()> {
     let mut scaled = example("scaled");
     scaled.spec.nats = Some(switchboard_spec::NatsSettings {
         url: "nats://nats.nats.svc:4222".into(),
-        subject_prefix: None,
+        ..Default::default()
     });
     apps.create(&PostParams::default(), &scaled).await?;
     apps.patch_scale(

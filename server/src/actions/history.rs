@@ -1,33 +1,14 @@
 //! `history`: answer a topic's recent publications, newest last, a page at a time
 //! (docs/PROTOCOL.md §5). Needs the topic's `subscribe` access, like reading it live.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard_spec::HistoryAction;
+use switchboard_spec::{HistoryAction, Topic};
 
-use crate::history::PageQuery;
+use crate::history::{HistoryStore, Page, PageQuery, StoredFrame};
 use crate::policy::{self, Verb};
 use crate::protocol::{self, Inbound, Rejection};
 use crate::session::Session;
 use crate::state::AppState;
-
-/// What the answer needs from a stored delivery frame.
-#[derive(Deserialize)]
-struct StoredFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    message_type: &'a str,
-    meta: StoredMeta<'a>,
-    #[serde(borrow)]
-    payload: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct StoredMeta<'a> {
-    #[serde(default, borrow)]
-    publisher: Option<&'a str>,
-    timestamp: u64,
-}
 
 pub fn run(
     state: &AppState,
@@ -47,10 +28,7 @@ pub fn run(
         match msg.payload.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                Rejection::invalid_field(
-                    &format!("/{field}"),
-                    format!("{field} is an offset (a whole number)"),
-                )
+                Rejection::invalid_field(&format!("/{field}"), format!("{field} is a whole number"))
             }),
         }
     };
@@ -60,29 +38,56 @@ pub fn run(
         since: offset("since")?,
         limit: limit.clamp(1, u64::from(action.max_limit)) as usize,
     };
-    let page = state.history.read(&topic, settings, query);
-    let mut publications = Vec::with_capacity(page.publications.len());
-    for stored in &page.publications {
-        // Frames the server encoded itself: they always read back.
-        let Ok(frame) = serde_json::from_slice::<StoredFrame<'_>>(&stored.frame) else {
-            continue;
-        };
-        publications.push(json!({
-            "offset": stored.offset,
-            "type": frame.message_type,
-            "payload": frame.payload,
-            "publisher": frame.meta.publisher,
-            "timestamp": frame.meta.timestamp,
-        }));
+    let handle = session.handle.clone();
+    let correlation_id = msg.correlation_id.clone();
+    match &state.history {
+        HistoryStore::Memory(history) => {
+            let page = history.read(&topic, settings, query);
+            handle.reply(
+                protocol::ACK_TYPE,
+                correlation_id.as_deref(),
+                &answer(&topic, &page),
+            );
+        }
+        HistoryStore::JetStream(js) => {
+            let js = js.clone();
+            tokio::spawn(async move {
+                match js.read(&topic, settings, query).await {
+                    Ok(page) => handle.reply(
+                        protocol::ACK_TYPE,
+                        correlation_id.as_deref(),
+                        &answer(&topic, &page),
+                    ),
+                    Err(r) => handle.refuse(protocol::ERROR_TYPE, correlation_id.as_deref(), &r),
+                };
+            });
+        }
     }
-    let answer = json!({
+    Ok(())
+}
+
+/// `{"topic", "offset", "epoch", "publications": [{"offset", "type", "payload",
+/// "publisher", "timestamp"}]}`, newest last.
+fn answer(topic: &Topic, page: &Page) -> Value {
+    let publications: Vec<Value> = page
+        .publications
+        .iter()
+        .filter_map(|p| {
+            // Frames the server encoded itself: they always read back.
+            let frame = StoredFrame::read(&p.frame)?;
+            Some(json!({
+                "offset": p.offset,
+                "type": frame.message_type,
+                "payload": frame.payload,
+                "publisher": frame.meta.publisher,
+                "timestamp": frame.meta.timestamp,
+            }))
+        })
+        .collect();
+    json!({
         "topic": topic.as_str(),
         "offset": page.position.offset,
         "epoch": &*page.position.epoch,
         "publications": publications,
-    });
-    session
-        .handle
-        .reply(protocol::ACK_TYPE, msg.correlation_id.as_deref(), &answer);
-    Ok(())
+    })
 }

@@ -10,6 +10,7 @@ use serde_json::json;
 use switchboard_spec::PublishAction;
 
 use crate::bus::Delivery;
+use crate::history::HistoryStore;
 use crate::policy::{self, Verb};
 use crate::protocol::{self, Inbound, OutMeta, Rejection};
 use crate::session::Session;
@@ -53,9 +54,33 @@ pub fn run(
             published_at: Instant::now(),
         });
     };
-    let answer = match rule.history {
-        Some(settings) => {
-            let stored = state.history.publish(
+    let answer = match (rule.history, &state.history) {
+        (Some(_), HistoryStore::JetStream(js)) => {
+            // Delivered by every replica's feed once stored; the ack waits for that.
+            let handle = session.handle.clone();
+            let correlation_id = msg.correlation_id.clone();
+            let answered = topic.clone();
+            js.publish(
+                topic.clone(),
+                emit,
+                encode(None, None),
+                action.exclude_self.then(|| session.handle.id.clone()),
+                move |stored| match stored {
+                    Ok(position) => {
+                        if let Some(c) = correlation_id.as_deref() {
+                            let answer = json!({"topic": answered.as_str(), "offset": position.offset, "epoch": &*position.epoch});
+                            handle.reply(protocol::ACK_TYPE, Some(c), &answer);
+                        }
+                    }
+                    Err(r) => {
+                        handle.refuse(protocol::ERROR_TYPE, correlation_id.as_deref(), &r);
+                    }
+                },
+            );
+            return Ok(());
+        }
+        (Some(settings), HistoryStore::Memory(history)) => {
+            let stored = history.publish(
                 &topic,
                 settings,
                 &emit,
@@ -64,7 +89,7 @@ pub fn run(
             );
             json!({"topic": topic.as_str(), "offset": stored.offset, "epoch": &*stored.epoch})
         }
-        None => {
+        (None, _) => {
             deliver(encode(None, None));
             json!({"topic": topic.as_str()})
         }

@@ -11,7 +11,9 @@ use switchboard_spec::{CompiledTopicRule, HistorySettings, Topic, TopicTemplate}
 
 use crate::actions::presence;
 use crate::bus::SubscribedFuture;
-use crate::history::Subscribed;
+use crate::history::jetstream::Join;
+use crate::history::memory::TopicHistory;
+use crate::history::{HistoryStore, Subscribed};
 use crate::policy::{self, Verb};
 use crate::protocol::{self, ErrorCode, Inbound, Rejection};
 use crate::session::Session;
@@ -43,7 +45,24 @@ pub fn run(
         }
     }
     if let Some(settings) = rule.history {
-        subscribe_with_history(state, session, msg, &topic, settings, held);
+        match &state.history {
+            HistoryStore::Memory(history) => {
+                subscribe_with_history(state, history, session, msg, &topic, settings, held);
+            }
+            HistoryStore::JetStream(js) => {
+                // The topic's feed queues the ack and replay and adds the subscriber.
+                session.subscriptions.insert(topic.clone());
+                js.join(
+                    &topic,
+                    settings,
+                    Join {
+                        handle: session.handle.clone(),
+                        since: if held { None } else { msg.since.clone() },
+                        correlation_id: msg.correlation_id.clone(),
+                    },
+                );
+            }
+        }
     } else {
         let answer = json!({"topic": topic.as_str()});
         if held {
@@ -66,6 +85,7 @@ pub fn run(
 /// the subscription, so live publications follow the replay with no gap or repeat.
 fn subscribe_with_history(
     state: &Arc<AppState>,
+    history: &TopicHistory,
     session: &mut Session,
     msg: &Inbound,
     topic: &Topic,
@@ -75,38 +95,36 @@ fn subscribe_with_history(
     // A held subscription already receives everything: nothing to recover.
     let since = if held { None } else { msg.since.as_ref() };
     let limit = state.app.spec.limits.max_recovery_publications as usize;
-    state
-        .history
-        .subscribe(topic, settings, since, limit, |found: Subscribed| {
-            let mut answer = json!({
-                "topic": topic.as_str(),
-                "offset": found.position.offset,
-                "epoch": &*found.position.epoch,
-            });
-            match &found.recovery {
-                Some(Ok(_)) => answer["recovered"] = json!(true),
-                Some(Err(reason)) => {
-                    answer["recovered"] = json!(false);
-                    answer["reason"] = json!(reason.as_str());
-                }
-                None => {}
-            }
-            if let Some(recovery) = &found.recovery {
-                state.metrics.history.count(recovery);
-            }
-            // A recovering client needs the ack to know where it stands, asked or not.
-            if msg.correlation_id.is_some() || since.is_some() {
-                session
-                    .handle
-                    .reply(protocol::ACK_TYPE, msg.correlation_id.as_deref(), &answer);
-            }
-            if let Some(Ok(missed)) = &found.recovery {
-                session.handle.replay(missed);
-            }
-            if !held {
-                join(state, session, topic);
-            }
+    history.subscribe(topic, settings, since, limit, |found: Subscribed| {
+        let mut answer = json!({
+            "topic": topic.as_str(),
+            "offset": found.position.offset,
+            "epoch": &*found.position.epoch,
         });
+        match &found.recovery {
+            Some(Ok(_)) => answer["recovered"] = json!(true),
+            Some(Err(reason)) => {
+                answer["recovered"] = json!(false);
+                answer["reason"] = json!(reason.as_str());
+            }
+            None => {}
+        }
+        if let Some(recovery) = &found.recovery {
+            state.metrics.history.count(recovery);
+        }
+        // A recovering client needs the ack to know where it stands, asked or not.
+        if msg.correlation_id.is_some() || since.is_some() {
+            session
+                .handle
+                .reply(protocol::ACK_TYPE, msg.correlation_id.as_deref(), &answer);
+        }
+        if let Some(Ok(missed)) = &found.recovery {
+            session.handle.replay(missed);
+        }
+        if !held {
+            join(state, session, topic);
+        }
+    });
     if !held {
         // History topics are served by this pod alone (see docs/RECOVERY.md), so the
         // bus has nothing to confirm; it still learns of the topic.

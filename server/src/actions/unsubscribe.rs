@@ -44,7 +44,16 @@ pub fn drop_subscription(
     topic: &Topic,
     unsubscribed: bool,
 ) {
-    if state.registry.unsubscribe(topic, &session.handle.id) {
+    let in_jetstream = state.history.jetstream().filter(|_| {
+        state
+            .app
+            .topic_rule(topic)
+            .is_some_and(|(rule, _)| rule.history.is_some())
+    });
+    if let Some(js) = in_jetstream {
+        // The topic's feed owns its local subscribers.
+        js.leave(topic, &session.handle.id);
+    } else if state.registry.unsubscribe(topic, &session.handle.id) {
         state.bus.topic_inactive(topic);
     }
     presence::leave(state, session, topic, unsubscribed);

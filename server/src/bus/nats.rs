@@ -77,9 +77,24 @@ impl Subjects {
     /// Topic segments become subject tokens. The topic alphabet has no `.`, `*`, `>`
     /// or whitespace, so this can never form a wildcard or leave the app's prefix.
     pub fn topic(&self, topic: &Topic) -> String {
+        self.under("t", topic)
+    }
+
+    /// Where a history topic's publications are stored (the app's JetStream stream).
+    pub fn history(&self, topic: &Topic) -> String {
+        self.under("s", topic)
+    }
+
+    /// Where the stream republishes them, with their sequence.
+    pub fn republished(&self, topic: &Topic) -> String {
+        self.under("r", topic)
+    }
+
+    fn under(&self, kind: &str, topic: &Topic) -> String {
         let mut s = String::with_capacity(self.base.len() + 3 + topic.as_str().len());
         s.push_str(&self.base);
-        s.push_str(".t");
+        s.push('.');
+        s.push_str(kind);
         for segment in topic.segments() {
             s.push('.');
             s.push_str(segment);
@@ -196,7 +211,25 @@ pub async fn connect(
     })
 }
 
+impl NatsConnection {
+    /// The client, shared with the history store.
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+}
+
 impl NatsBus {
+    /// The app's subject layout.
+    pub fn subjects_of(app: &CompiledApp) -> Subjects {
+        let prefix = app
+            .spec
+            .nats
+            .as_ref()
+            .and_then(|n| n.subject_prefix.clone())
+            .unwrap_or_else(|| DEFAULT_SUBJECT_PREFIX.to_owned());
+        Subjects::new(&prefix, &app.namespace, &app.name)
+    }
+
     /// Starts the bus's tasks on the current runtime.
     pub fn start(
         connection: NatsConnection,
@@ -205,13 +238,7 @@ impl NatsBus {
         metrics: Arc<Metrics>,
         instance: Arc<str>,
     ) -> Arc<Self> {
-        let prefix = app
-            .spec
-            .nats
-            .as_ref()
-            .and_then(|n| n.subject_prefix.clone())
-            .unwrap_or_else(|| DEFAULT_SUBJECT_PREFIX.to_owned());
-        let subjects = Subjects::new(&prefix, &app.namespace, &app.name);
+        let subjects = Self::subjects_of(app);
         let client = connection.client;
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
         let (interest, interest_rx) = mpsc::unbounded_channel();
@@ -420,7 +447,7 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
 /// comes after it registered earlier SUBs. (`Client::flush` only writes our buffer to
 /// the socket.) The request goes to a fresh inbox nobody listens on: the answer is the
 /// server's own "no responders".
-async fn round_trip(client: &async_nats::Client) {
+pub(crate) async fn round_trip(client: &async_nats::Client) {
     let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
     match client.send_request(client.new_inbox(), request).await {
         Ok(_) => {}

@@ -10,7 +10,7 @@ use switchboard_tests::Client;
 
 use crate::harness::*;
 
-const HISTORY_APP: &str = r#"
+pub const HISTORY_APP: &str = r#"
 apiVersion: switchboard.dev/v1alpha1
 kind: RealtimeApp
 metadata: {name: hist, namespace: test}
@@ -39,7 +39,7 @@ spec:
 
 /// Subscribes with `meta.since` (no correlation id: the ack comes anyway) and returns
 /// the ack.
-async fn recover(c: &mut Client, join: &str, id: &str, offset: u64, epoch: &str) -> Value {
+pub async fn recover(c: &mut Client, join: &str, id: &str, offset: u64, epoch: &str) -> Value {
     c.send(json!({"type": join, "meta": {"since": {"offset": offset, "epoch": epoch}}, "payload": {"id": id}}))
         .await;
     let ack = c.recv().await;
@@ -48,7 +48,7 @@ async fn recover(c: &mut Client, join: &str, id: &str, offset: u64, epoch: &str)
 }
 
 /// Publishes `n` messages numbered from `from` and waits for their acks.
-async fn publish(c: &mut Client, say: &str, id: &str, from: u64, n: u64) {
+pub async fn publish(c: &mut Client, say: &str, id: &str, from: u64, n: u64) {
     for i in from..from + n {
         let ack = c
             .call(say, &format!("p{i}"), json!({"id": id, "n": i}))
@@ -58,7 +58,7 @@ async fn publish(c: &mut Client, say: &str, id: &str, from: u64, n: u64) {
 }
 
 /// The next `SAID` deliveries' `n`, skipping anything else.
-async fn said(c: &mut Client, count: usize) -> Vec<(u64, u64)> {
+pub async fn said(c: &mut Client, count: usize) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     while out.len() < count {
         let m = c.recv().await;
@@ -138,7 +138,7 @@ async fn recovery_while_publishes_keep_arriving_has_no_gap_and_no_repeat() {
         for i in 1..=TOTAL {
             p.tell("SAY", json!({"id": "race", "n": i})).await;
             // Paced, so publishes are still arriving at every reconnect.
-            if i % 4 == 0 {
+            if i.is_multiple_of(4) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -147,7 +147,6 @@ async fn recovery_while_publishes_keep_arriving_has_no_gap_and_no_repeat() {
             .await;
     });
     let mut got: Vec<u64> = Vec::new();
-    let mut last_offset = 0;
     let mut reconnects = 0;
     while got.last() != Some(&(TOTAL + 1)) {
         let m = a.recv().await;
@@ -155,8 +154,8 @@ async fn recovery_while_publishes_keep_arriving_has_no_gap_and_no_repeat() {
             continue;
         }
         got.push(m["payload"]["n"].as_u64().unwrap());
-        last_offset = m["meta"]["offset"].as_u64().unwrap();
-        if got.len() % 97 == 0 && reconnects < 5 {
+        let last_offset = m["meta"]["offset"].as_u64().unwrap();
+        if got.len().is_multiple_of(97) && reconnects < 5 {
             reconnects += 1;
             a = server.client().await;
             let ack = recover(&mut a, "JOIN", "race", last_offset, &epoch).await;

@@ -11,6 +11,7 @@ mod examples;
 mod harness;
 mod heartbeat;
 mod history;
+mod history_nats;
 mod limits;
 mod nats;
 mod protocol;

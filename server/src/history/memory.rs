@@ -1,5 +1,5 @@
-//! `TopicHistory`: the recent publications of topics whose rule declares `history`,
-//! kept in memory, per topic, bounded by `size` and `ttlSeconds` (docs/RECOVERY.md).
+//! `TopicHistory`: history kept in this process's memory, per topic, bounded by `size`
+//! and `ttlSeconds` (docs/RECOVERY.md). For one replica without NATS.
 //!
 //! Each topic has one [`TopicLog`] behind one lock. Everything that must be ordered
 //! against publications happens under that lock: a publish takes the next offset,
@@ -19,77 +19,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
-use switchboard_ops::metrics::{CounterByLabel, register};
 use switchboard_spec::{HistorySettings, Topic};
 
+use super::{NotRecovered, Page, PageQuery, Position, Publication, Subscribed};
 use crate::protocol::Since;
 
-/// Where a topic's history stands: the last offset given out, under which epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
-    pub offset: u64,
-    pub epoch: Arc<str>,
-}
-
-switchboard_ops::label_values! {
-    /// Why a recovering subscribe could not be served from history: the ack's `reason`.
-    pub enum NotRecovered {
-        /// The epoch is not the topic's current one (history lost or reset), or the
-        /// offset is one this epoch never reached.
-        Epoch => "epoch",
-        /// Publications after the offset were trimmed by the topic's `size`.
-        Trimmed => "trimmed",
-        /// Publications after the offset outlived the topic's `ttlSeconds`.
-        Expired => "expired",
-        /// More were missed than `limits.maxRecoveryPublications` allows replaying.
-        Limit => "limit",
-    }
-}
-
-/// How recovering subscribes fared.
-pub struct HistoryMetrics {
-    pub recovered: Counter,
-    pub not_recovered: CounterByLabel<NotRecovered>,
-}
-
-impl HistoryMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        Self {
-            recovered: register(
-                registry,
-                "switchboard_recoveries",
-                "Subscribes with meta.since answered with every missed publication",
-                Counter::default(),
-            ),
-            not_recovered: CounterByLabel::register(
-                registry,
-                "switchboard_recoveries_refused",
-                "Subscribes with meta.since that could not recover, by reason (epoch, trimmed, expired, limit)",
-                "reason",
-            ),
-        }
-    }
-
-    pub fn count<T>(&self, recovery: &Result<T, NotRecovered>) {
-        match recovery {
-            Ok(_) => {
-                self.recovered.inc();
-            }
-            Err(reason) => self.not_recovered.inc(*reason),
-        }
-    }
-}
-
-/// One stored publication: the delivery frame exactly as subscribers received it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    pub offset: u64,
+/// One stored publication and when it was stored (for `ttlSeconds`).
+struct Stored {
+    publication: Publication,
     stored_at: Instant,
-    /// The emitted type, for `switchboard_messages_sent_total` when it is replayed.
-    pub message_type: Arc<str>,
-    pub frame: Bytes,
 }
 
 /// One topic's log.
@@ -117,7 +55,7 @@ impl TopicLog {
             if now.duration_since(oldest.stored_at) < ttl {
                 break;
             }
-            self.expired_through = oldest.offset;
+            self.expired_through = oldest.publication.offset;
             self.entries.pop_front();
         }
     }
@@ -130,12 +68,15 @@ impl TopicLog {
     }
 
     /// The stored frames after `since`, or why they cannot all be had.
-    fn after(&self, since: &Since, limit: usize) -> Result<Vec<Stored>, NotRecovered> {
+    fn after(&self, since: &Since, limit: usize) -> Result<Vec<Publication>, NotRecovered> {
         if *since.epoch != *self.epoch || since.offset > self.last {
             return Err(NotRecovered::Epoch);
         }
         let first_missed = since.offset + 1;
-        let oldest = self.entries.front().map_or(self.last + 1, |e| e.offset);
+        let oldest = self
+            .entries
+            .front()
+            .map_or(self.last + 1, |e| e.publication.offset);
         if first_missed < oldest {
             return Err(if first_missed <= self.expired_through {
                 NotRecovered::Expired
@@ -148,32 +89,13 @@ impl TopicLog {
             return Err(NotRecovered::Limit);
         }
         let skip = self.entries.len() - missed;
-        Ok(self.entries.iter().skip(skip).cloned().collect())
+        Ok(self
+            .entries
+            .iter()
+            .skip(skip)
+            .map(|e| e.publication.clone())
+            .collect())
     }
-}
-
-/// What a subscribe to a history topic found, under the topic's lock.
-pub struct Subscribed {
-    pub position: Position,
-    /// `None`: the subscribe did not ask to recover. Else the publications it missed,
-    /// oldest first, or why they cannot be replayed.
-    pub recovery: Option<Result<Vec<Stored>, NotRecovered>>,
-}
-
-/// A page of history, oldest first, and the position it was read at.
-pub struct Page {
-    pub position: Position,
-    pub publications: Vec<Stored>,
-}
-
-/// Which part of the history a `history` route asks for.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PageQuery {
-    /// The newest publications before this offset (exclusive); absent: the newest.
-    pub before: Option<u64>,
-    /// Only publications after this offset; with `before` absent, the oldest of those.
-    pub since: Option<u64>,
-    pub limit: usize,
 }
 
 pub struct TopicHistory {
@@ -246,14 +168,16 @@ impl TopicHistory {
         let offset = log.last;
         let frame = encode(offset, &log.epoch);
         log.entries.push_back(Stored {
-            offset,
+            publication: Publication {
+                offset,
+                message_type: message_type.clone(),
+                frame: frame.clone(),
+            },
             stored_at: now,
-            message_type: message_type.clone(),
-            frame: frame.clone(),
         });
         while log.entries.len() > settings.size as usize {
             if let Some(dropped) = log.entries.pop_front() {
-                log.trimmed_through = dropped.offset;
+                log.trimmed_through = dropped.publication.offset;
             }
         }
         deliver(frame);
@@ -290,16 +214,7 @@ impl TopicHistory {
         let now = Instant::now();
         log.touched = now;
         log.expire(now);
-        let selected = log.entries.iter().filter(|e| {
-            query.before.is_none_or(|b| e.offset < b) && query.since.is_none_or(|s| e.offset > s)
-        });
-        let publications: Vec<Stored> = if query.before.is_none() && query.since.is_some() {
-            selected.take(query.limit).cloned().collect()
-        } else {
-            let mut newest: Vec<_> = selected.rev().take(query.limit).cloned().collect();
-            newest.reverse();
-            newest
-        };
+        let publications = query.select(log.entries.iter().map(|e| &e.publication));
         Page {
             position: log.position(),
             publications,

@@ -1,0 +1,298 @@
+//! History and recovery across replicas, on a real nats-server with JetStream (file
+//! storage): one stream per app, offsets shared by every replica, recovery on another
+//! replica after a drain or a dropped connection, while publishes keep arriving, and
+//! after nats-server itself restarts.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_tests::Client;
+
+use crate::harness::*;
+use crate::history::{HISTORY_APP, publish, recover, said};
+
+/// A replica of the history app on `nats`, ready (its stream in place).
+async fn replica(nats: &NatsServer, name: &str) -> TestServer {
+    replica_of(HISTORY_APP, nats, name).await
+}
+
+async fn replica_of(yaml: &str, nats: &NatsServer, name: &str) -> TestServer {
+    let s = TestServer::start_on(yaml, Some(&nats.url()), name).await;
+    for _ in 0..200 {
+        if s.admin_get("/readyz").await.0 == 200 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "replica {name} never became ready: {:?}",
+        s.admin_get("/readyz").await
+    );
+}
+
+async fn join(c: &mut Client, id: &str) -> (u64, String) {
+    let ack = c.call("JOIN", "j", json!({"id": id})).await;
+    assert_eq!(ack["type"], "$ws:ack", "{ack}");
+    (
+        ack["payload"]["offset"].as_u64().unwrap(),
+        ack["payload"]["epoch"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn replicas_share_offsets_and_a_client_recovers_on_another_replica() {
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let b = replica(&nats, "b").await;
+    let mut on_a = a.client().await;
+    let (start, epoch) = join(&mut on_a, "x").await;
+    let mut on_b = b.client().await;
+    let (b_start, b_epoch) = join(&mut on_b, "x").await;
+    assert_eq!(
+        (b_start, b_epoch.as_str()),
+        (start, epoch.as_str()),
+        "one position for all"
+    );
+    let mut p = b.client().await;
+    publish(&mut p, "SAY", "x", 1, 3).await;
+    let seen_a = said(&mut on_a, 3).await;
+    let seen_b = said(&mut on_b, 3).await;
+    assert_eq!(seen_a, seen_b, "the same offsets on every replica");
+    assert!(seen_a.windows(2).all(|w| w[0].1 < w[1].1), "{seen_a:?}");
+    drop(on_a);
+    publish(&mut p, "SAY", "x", 4, 3).await;
+    let mut moved = b.client().await;
+    let ack = recover(&mut moved, "JOIN", "x", seen_a[2].1, &epoch).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    publish(&mut p, "SAY", "x", 7, 1).await;
+    let rest: Vec<u64> = said(&mut moved, 4).await.iter().map(|(n, _)| *n).collect();
+    assert_eq!(rest, [4, 5, 6, 7]);
+    moved.expect_silence(Duration::from_millis(300)).await;
+    // The history route reads the same stream from either replica.
+    let page = p.call("HISTORY", "h", json!({"id": "x", "limit": 2})).await;
+    let ns: Vec<u64> = page["payload"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [6, 7], "{page}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Clients on replica A while a publisher on B never pauses; A drains (1001 with
+/// `$ws:drain`); every client reconnects to B with `since` and ends holding every
+/// publication exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_across_a_drain_while_publishes_keep_arriving_is_gapless() {
+    const TOTAL: u64 = 300;
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let b = replica(&nats, "b").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = a.client().await;
+        let (_, epoch) = join(&mut c, "d").await;
+        clients.push((c, epoch, Vec::<u64>::new(), 0u64));
+    }
+    let b_url = b.url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&b_url).await;
+        for i in 1..=TOTAL {
+            p.tell("SAY", json!({"id": "d", "n": i})).await;
+            if i.is_multiple_of(4) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        p.call("SAY", "end", json!({"id": "d", "n": TOTAL + 1}))
+            .await;
+    });
+    // Let some arrive on A, then drain it.
+    for (c, _, got, last) in &mut clients {
+        for (n, offset) in said(c, 20).await {
+            got.push(n);
+            *last = offset;
+        }
+    }
+    let drained = tokio::spawn(a.stop());
+    for (c, epoch, got, last) in &mut clients {
+        // Read what A still delivers, up to its close.
+        let (frames, code) = c.frames_until_close(Duration::from_secs(20)).await;
+        assert_eq!(code, 1001, "a drain closes with 1001");
+        for m in frames.iter().filter(|m| m["type"] == "SAID") {
+            got.push(m["payload"]["n"].as_u64().unwrap());
+            *last = m["meta"]["offset"].as_u64().unwrap();
+        }
+        let mut moved = b.client().await;
+        let ack = recover(&mut moved, "JOIN", "d", *last, epoch).await;
+        assert_eq!(ack["recovered"], true, "{ack}");
+        *c = moved;
+    }
+    drained.await.unwrap();
+    for (c, _, got, _) in &mut clients {
+        while got.last() != Some(&(TOTAL + 1)) {
+            let m = c.recv().await;
+            if m["type"] == "SAID" {
+                got.push(m["payload"]["n"].as_u64().unwrap());
+            }
+        }
+        assert_in_order_once(got, TOTAL + 1);
+    }
+    publisher.await.unwrap();
+    b.stop().await;
+}
+
+fn assert_in_order_once(got: &[u64], total: u64) {
+    let wrong: Vec<(usize, u64)> = got
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| **n != *i as u64 + 1)
+        .map(|(i, n)| (i, *n))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() as u64 == total,
+        "{} received of {total}; first out of place (index, n): {wrong:?}",
+        got.len()
+    );
+}
+
+/// A client whose TCP connection just ends (no close), while publishes go on from
+/// another replica, recovers on yet another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_lost_connection_while_publishing_has_no_gap_and_no_repeat() {
+    const TOTAL: u64 = 400;
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let b = replica(&nats, "b").await;
+    let mut c = a.client().await;
+    let (_, epoch) = join(&mut c, "lost").await;
+    let b_url = b.url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&b_url).await;
+        for i in 1..=TOTAL {
+            p.tell("SAY", json!({"id": "lost", "n": i})).await;
+            if i.is_multiple_of(4) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        p.call("SAY", "end", json!({"id": "lost", "n": TOTAL + 1}))
+            .await;
+    });
+    let mut got = Vec::new();
+    let mut moves = 0;
+    while got.last() != Some(&(TOTAL + 1)) {
+        let m = c.recv().await;
+        if m["type"] != "SAID" {
+            continue;
+        }
+        got.push(m["payload"]["n"].as_u64().unwrap());
+        let last = m["meta"]["offset"].as_u64().unwrap();
+        if got.len().is_multiple_of(71) && moves < 4 {
+            moves += 1;
+            drop(c); // TCP closed without a close frame
+            let to = if moves % 2 == 0 { &a } else { &b };
+            c = to.client().await;
+            let ack = recover(&mut c, "JOIN", "lost", last, &epoch).await;
+            assert_eq!(ack["recovered"], true, "{ack}");
+        }
+    }
+    publisher.await.unwrap();
+    assert_in_order_once(&got, TOTAL + 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn history_survives_a_nats_server_restart() {
+    let mut nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let mut p = a.client().await;
+    let mut c = a.client().await;
+    let (_, epoch) = join(&mut c, "r").await;
+    publish(&mut p, "SAY", "r", 1, 2).await;
+    let seen = said(&mut c, 2).await;
+    drop(c);
+    nats.restart().await;
+    wait_for_metric(&a, "switchboard_bus_connected", 1.0).await;
+    // Publishing resumes once JetStream is back (a publish may meet its restart).
+    let mut stored = false;
+    for _ in 0..100 {
+        let ack = p.call("SAY", "again", json!({"id": "r", "n": 3})).await;
+        if ack["type"] == "$ws:ack" {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "publishing never resumed after the restart");
+    let mut back = a.client().await;
+    let ack = recover(&mut back, "JOIN", "r", seen[1].1, &epoch).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(
+        ack["epoch"],
+        epoch.as_str(),
+        "file storage kept the stream: same epoch"
+    );
+    assert_eq!(said(&mut back, 1).await[0].0, 3);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_on_jetstream_is_refused_with_its_reason() {
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let mut p = a.client().await;
+    let mut c = a.client().await;
+    let ack = c.call("JOIN_SMALL", "j", json!({"id": "s"})).await;
+    let epoch = ack["payload"]["epoch"].as_str().unwrap().to_owned();
+    let first = ack["payload"]["offset"].as_u64().unwrap();
+    publish(&mut p, "SAY_SMALL", "s", 1, 15).await;
+    let offsets: Vec<u64> = said(&mut c, 15).await.iter().map(|(_, o)| *o).collect();
+    let cases: [(u64, &str, &str); 3] = [
+        (offsets[1], epoch.as_str(), "trimmed"),
+        (offsets[5], "not-the-epoch", "epoch"),
+        (offsets[14] + 1000, epoch.as_str(), "epoch"),
+    ];
+    for (offset, e, reason) in cases {
+        let mut r = a.client().await;
+        let ack = recover(&mut r, "JOIN_SMALL", "s", offset, e).await;
+        assert_eq!(ack["recovered"], false, "{ack}");
+        assert_eq!(ack["reason"], reason, "{ack}");
+        assert_eq!(ack["offset"], offsets[14], "the new position: {ack}");
+    }
+    let mut r = a.client().await;
+    let ack = recover(&mut r, "JOIN_SMALL", "s", offsets[10], &epoch).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(said(&mut r, 4).await.len(), 4);
+    assert!(first < offsets[0]);
+    // Over the replay limit (a replica of the same app with a lower one).
+    let strict = with(
+        HISTORY_APP,
+        &[(
+            "maxRecoveryPublications: 1000",
+            "maxRecoveryPublications: 3",
+        )],
+    );
+    let b = replica_of(&strict, &nats, "b").await;
+    let mut r = b.client().await;
+    let ack = recover(&mut r, "JOIN_SMALL", "s", offsets[9], &epoch).await;
+    assert_eq!(
+        (ack["recovered"].clone(), ack["reason"].clone()),
+        (json!(false), json!("limit")),
+        "{ack}"
+    );
+    b.stop().await;
+
+    let mut d = a.client().await;
+    let b = d.call("JOIN_BRIEF", "b", json!({"id": "x"})).await;
+    let from = b["payload"]["offset"].as_u64().unwrap();
+    publish(&mut p, "SAY_BRIEF", "x", 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut r = a.client().await;
+    let ack = recover(&mut r, "JOIN_BRIEF", "x", from, &epoch).await;
+    let outcome: (Value, Value) = (ack["recovered"].clone(), ack["reason"].clone());
+    assert_eq!(outcome, (json!(false), json!("expired")), "{ack}");
+    a.stop().await;
+}
