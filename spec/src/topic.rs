@@ -317,6 +317,14 @@ impl TopicPattern {
         &self.source
     }
 
+    /// Each segment's literal text, `None` for a variable.
+    pub fn literals(&self) -> impl Iterator<Item = Option<&str>> {
+        self.segments.iter().map(|s| match s {
+            PatternSegment::Literal(l) => Some(l.as_str()),
+            PatternSegment::Var(_) => None,
+        })
+    }
+
     pub fn has_var(&self, name: &str) -> bool {
         self.segments
             .contains(&PatternSegment::Var(name.to_owned()))

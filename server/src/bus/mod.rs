@@ -101,6 +101,8 @@ switchboard_ops::label_values! {
         InvalidPayload => "invalid_payload",
         /// A frame claiming to come from a replica is larger than any delivery can be.
         TooLarge => "too_large",
+        /// A backend publish into a history topic that JetStream did not store.
+        NotStored => "not_stored",
     }
 }
 
@@ -143,7 +145,7 @@ impl BusMetrics {
         let rejected = CounterByLabel::register(
             registry,
             "switchboard_bus_rejected",
-            "Backend publishes and replica frames dropped, by reason (not_json, no_type, unknown_type, invalid_payload, too_large)",
+            "Backend publishes and replica frames dropped, by reason (not_json, no_type, unknown_type, invalid_payload, too_large, not_stored)",
             "reason",
         );
         Self {

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic};
+use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic, TopicPattern};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -88,6 +88,22 @@ impl Subjects {
     /// Where the stream republishes them, with their sequence.
     pub fn republished(&self, topic: &Topic) -> String {
         self.under("r", topic)
+    }
+
+    /// Every topic subject a pattern covers, variables as `*` (e.g. `P.t.room.*`).
+    pub fn topics_matching(&self, pattern: &TopicPattern) -> String {
+        let mut s = format!("{}.t", self.base);
+        for literal in pattern.literals() {
+            s.push('.');
+            s.push_str(literal.unwrap_or("*"));
+        }
+        s
+    }
+
+    /// The topic a topic subject names (the inverse of [`Subjects::topic`]).
+    pub fn topic_of(&self, subject: &str) -> Option<Topic> {
+        let tokens = subject.strip_prefix(&self.base)?.strip_prefix(".t.")?;
+        Topic::parse(&tokens.replace('.', ":")).ok()
     }
 
     fn under(&self, kind: &str, topic: &Topic) -> String {
@@ -247,7 +263,7 @@ impl NatsBus {
             registry: registry.clone(),
             metrics: metrics.clone(),
             max_replica_frame: app.spec.limits.max_payload_bytes as usize + ENVELOPE_ALLOWANCE,
-            emitters: emitters(app),
+            backends: BackendCheck::new(app),
         });
         tokio::spawn(interest_loop(
             client.clone(),
@@ -481,6 +497,19 @@ impl<'a> BusEnvelope<'a> {
 /// line, and every one is counted in `switchboard_bus_rejected_total`.
 static REJECTION_LOG: LogBudget = LogBudget::new(10);
 
+/// Counts a dropped bus message and logs it within [`REJECTION_LOG`]'s budget.
+pub(crate) fn note_rejection(
+    metrics: &Metrics,
+    topic: &Topic,
+    reason: BusRejectReason,
+    what: &'static str,
+) {
+    metrics.bus.rejected.inc(reason);
+    if let Some(suppressed) = REJECTION_LOG.admit(Instant::now()) {
+        warn!(%topic, reason = reason.as_str(), suppressed_since_last = suppressed, "{what}");
+    }
+}
+
 /// Room for the envelope around a delivery's payload: type, topic, publisher, timestamp.
 const ENVELOPE_ALLOWANCE: usize = 4096;
 
@@ -491,22 +520,60 @@ struct Inbound {
     /// Largest replica frame forwarded to clients: a delivery is the publishing
     /// message's payload (at most `limits.maxPayloadBytes`) plus an envelope.
     max_replica_frame: usize,
-    /// Emitted type → the routes that emit it. A backend's publish of that type must
-    /// satisfy the payload schema of at least one of them: exactly the frames clients
-    /// could have caused themselves.
+    backends: BackendCheck,
+}
+
+/// What a backend may publish into a topic: a `{"type", "payload"}` of a type some
+/// route emits, whose payload satisfies the payload schema of at least one route
+/// emitting it (exactly the frames clients could have caused themselves).
+pub(crate) struct BackendCheck {
+    /// Emitted type → the routes that emit it.
     emitters: HashMap<String, Vec<Arc<CompiledRoute>>>,
 }
 
-fn emitters(app: &CompiledApp) -> HashMap<String, Vec<Arc<CompiledRoute>>> {
-    let mut map: HashMap<String, Vec<Arc<CompiledRoute>>> = HashMap::new();
-    for route in app.routes.values() {
-        if let RouteAction::Publish(publish) = &route.action {
-            map.entry(publish.emit.clone())
-                .or_default()
-                .push(route.clone());
+impl BackendCheck {
+    pub(crate) fn new(app: &CompiledApp) -> Self {
+        let mut emitters: HashMap<String, Vec<Arc<CompiledRoute>>> = HashMap::new();
+        for route in app.routes.values() {
+            if let RouteAction::Publish(publish) = &route.action {
+                emitters
+                    .entry(publish.emit.clone())
+                    .or_default()
+                    .push(route.clone());
+            }
         }
+        Self { emitters }
     }
-    map
+
+    fn emits(&self, message_type: &str) -> bool {
+        self.emitters.contains_key(message_type)
+    }
+
+    /// The publish's type and payload as written, if it may reach clients.
+    pub(crate) fn check<'a>(
+        &self,
+        body: &'a [u8],
+    ) -> Result<(String, &'a RawValue), BusRejectReason> {
+        let envelope = BusEnvelope::read(body)?;
+        let message_type = envelope
+            .message_type
+            .as_deref()
+            .ok_or(BusRejectReason::NoType)?;
+        let raw_payload = envelope.payload.unwrap_or(RawValue::NULL);
+        let payload: Value =
+            serde_json::from_str(raw_payload.get()).map_err(|_| BusRejectReason::NotJson)?;
+        let routes = self
+            .emitters
+            .get(message_type)
+            .ok_or(BusRejectReason::UnknownType)?;
+        if !routes
+            .iter()
+            .any(|r| r.validator.as_ref().is_none_or(|v| v.is_valid(&payload)))
+        {
+            return Err(BusRejectReason::InvalidPayload);
+        }
+        Ok((message_type.to_owned(), raw_payload))
+    }
 }
 
 async fn read_topic(topic: Topic, mut sub: Subscriber, inbound: Arc<Inbound>) {
@@ -580,10 +647,7 @@ impl Inbound {
 
     /// Counts a dropped message and logs it within [`REJECTION_LOG`]'s budget.
     fn reject(&self, topic: &Topic, reason: BusRejectReason, what: &'static str) {
-        self.metrics.bus.rejected.inc(reason);
-        if let Some(suppressed) = REJECTION_LOG.admit(Instant::now()) {
-            warn!(%topic, reason = reason.as_str(), suppressed_since_last = suppressed, "{what}");
-        }
+        note_rejection(&self.metrics, topic, reason, what);
     }
 
     /// Anything that can publish on NATS can claim to be a replica (docs/PROTOCOL.md §8),
@@ -596,7 +660,7 @@ impl Inbound {
         }
         let envelope = BusEnvelope::read(frame)?;
         if envelope.message_type.as_deref() != Some(message_type)
-            || !self.emitters.contains_key(message_type)
+            || !self.backends.emits(message_type)
         {
             return Err(BusRejectReason::UnknownType);
         }
@@ -610,26 +674,9 @@ impl Inbound {
         body: &[u8],
         user: Option<String>,
     ) -> Result<Delivery, BusRejectReason> {
-        let envelope = BusEnvelope::read(body)?;
-        let message_type = envelope
-            .message_type
-            .as_deref()
-            .ok_or(BusRejectReason::NoType)?;
-        let raw_payload = envelope.payload.unwrap_or(RawValue::NULL);
-        let payload: Value =
-            serde_json::from_str(raw_payload.get()).map_err(|_| BusRejectReason::NotJson)?;
-        let routes = self
-            .emitters
-            .get(message_type)
-            .ok_or(BusRejectReason::UnknownType)?;
-        if !routes
-            .iter()
-            .any(|r| r.validator.as_ref().is_none_or(|v| v.is_valid(&payload)))
-        {
-            return Err(BusRejectReason::InvalidPayload);
-        }
+        let (message_type, raw_payload) = self.backends.check(body)?;
         let frame = protocol::encode(
-            message_type,
+            &message_type,
             OutMeta {
                 topic: Some(topic.as_str()),
                 publisher: user.as_deref(),
@@ -640,7 +687,7 @@ impl Inbound {
         );
         Ok(Delivery {
             topic: topic.clone(),
-            message_type: Arc::from(message_type),
+            message_type: Arc::from(message_type.as_str()),
             frame,
             exclude: None,
             published_at: Instant::now(),

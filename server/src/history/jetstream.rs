@@ -19,6 +19,9 @@
 //! removes the topic's local subscribers and fans out its messages, so a recovering
 //! subscribe (read the stream up to the last delivered offset, queue ack and replay,
 //! join) can never interleave with a live delivery: no gap, no duplicate.
+//! Backends publish into history topics as into any topic, on `P.t.<topic>`: one
+//! replica (a queue group) checks each such publish like any backend publish and
+//! stores it in the chain, so it gets an offset and is recovered like the rest.
 //! The epoch is the stream's creation time: it changes only when the stream (and so
 //! every topic's history) is lost or recreated.
 
@@ -32,16 +35,17 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use serde_json::json;
-use switchboard_spec::{CompiledApp, HistorySettings, Topic};
+use switchboard_spec::{CompiledApp, HistorySettings, Topic, TopicPattern};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{NotRecovered, Page, PageQuery, Position, Publication, StoredFrame};
 use crate::bus::Delivery;
-use crate::bus::nats::{self as bus_nats, Subjects, header};
+use crate::bus::nats::{self as bus_nats, BackendCheck, Subjects, header};
+use crate::bus::{BusRejectReason, BusSource};
 use crate::handle::ConnectionHandle;
 use crate::metrics::Metrics;
-use crate::protocol::{self, ErrorCode, Rejection, Since};
+use crate::protocol::{self, ErrorCode, OutMeta, Rejection, Since};
 use crate::topics::TopicRegistry;
 
 /// `Sb-Prev`: the stream sequence of the topic's previous message.
@@ -200,6 +204,12 @@ impl JetStreamHistory {
             recovery_limit: app.spec.limits.max_recovery_publications as usize,
         });
         tokio::spawn(this.clone().keep_stream());
+        let rules: Vec<(TopicPattern, bool)> = app
+            .topics
+            .iter()
+            .map(|t| (t.pattern.clone(), t.history.is_some()))
+            .collect();
+        tokio::spawn(this.clone().ingest(rules, BackendCheck::new(app)));
         this
     }
 
@@ -228,6 +238,71 @@ impl JetStreamHistory {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
+        }
+    }
+
+    /// Stores backends' publishes into history topics (see the module docs). `rules`:
+    /// every topic rule's pattern and whether it keeps history, in spec order.
+    async fn ingest(self: Arc<Self>, rules: Vec<(TopicPattern, bool)>, backends: BackendCheck) {
+        let queue = format!("{}.history-ingest", self.subjects.base());
+        let mut subscriptions = Vec::new();
+        for (pattern, _) in rules.iter().filter(|(_, history)| *history) {
+            let subject = self.subjects.topics_matching(pattern);
+            match self
+                .client
+                .queue_subscribe(subject.clone(), queue.clone())
+                .await
+            {
+                Ok(sub) => subscriptions.push(sub),
+                Err(e) => warn!(%subject, error = %e, "cannot take backend publishes into history"),
+            }
+        }
+        let mut publishes = futures_util::stream::select_all(subscriptions);
+        while let Some(msg) = publishes.next().await {
+            let Some(topic) = self.subjects.topic_of(msg.subject.as_str()) else {
+                continue;
+            };
+            // The first rule governing the topic decides, as for clients.
+            let governed = rules.iter().find(|(p, _)| p.captures(&topic).is_some());
+            if !governed.is_some_and(|(_, history)| *history) {
+                continue;
+            }
+            self.metrics.bus.received.inc(BusSource::Backend);
+            let user = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(header::USER))
+                .map(|v| v.as_str().to_owned());
+            let (message_type, payload) = match backends.check(&msg.payload) {
+                Ok(checked) => checked,
+                Err(reason) => {
+                    bus_nats::note_rejection(
+                        &self.metrics,
+                        &topic,
+                        reason,
+                        "dropped a backend publish",
+                    );
+                    continue;
+                }
+            };
+            let body = protocol::encode(
+                &message_type,
+                OutMeta {
+                    topic: Some(topic.as_str()),
+                    publisher: user.as_deref(),
+                    timestamp: protocol::now_ms(),
+                    ..OutMeta::default()
+                },
+                payload,
+            );
+            let metrics = self.metrics.clone();
+            let failed_topic = topic.clone();
+            self.publish(topic, Arc::from(message_type.as_str()), body, None, move |stored| {
+                if let Err(r) = stored {
+                    metrics.bus.rejected.inc(BusRejectReason::NotStored);
+                    warn!(topic = %failed_topic, error = %r.message, "a backend publish into a history topic could not be stored");
+                }
+            });
         }
     }
 

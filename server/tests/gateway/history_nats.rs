@@ -296,3 +296,47 @@ async fn recovery_on_jetstream_is_refused_with_its_reason() {
     assert_eq!(outcome, (json!(false), json!("expired")), "{ack}");
     a.stop().await;
 }
+
+#[tokio::test]
+async fn backend_publishes_into_a_history_topic_get_offsets_and_are_recovered() {
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let b = replica(&nats, "b").await;
+    nats.wait_for_subscription("sb.test.hist.t.room.*").await;
+    let mut c = a.client().await;
+    let (start, epoch) = join(&mut c, "k").await;
+    let backend = nats.client().await;
+    for body in [
+        json!({"type": "SAID", "payload": {"id": "k", "n": 1}}),
+        json!({"type": "SAID", "payload": {"id": "k", "n": "not a number"}}),
+        json!({"type": "SAID", "payload": {"id": "k", "n": 2}}),
+    ] {
+        backend
+            .publish("sb.test.hist.t.room.k", body.to_string().into())
+            .await
+            .unwrap();
+    }
+    backend.flush().await.unwrap();
+    let got = said(&mut c, 2).await;
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [1, 2],
+        "the invalid one is dropped"
+    );
+    assert!(got[0].1 > start && got[1].1 > got[0].1, "{got:?}");
+    // Stored once (by one replica of the queue group), so recoverable from anywhere.
+    let mut r = b.client().await;
+    let ack = recover(&mut r, "JOIN", "k", start, &epoch).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(said(&mut r, 2).await, got);
+    r.expect_silence(Duration::from_millis(300)).await;
+    let rejected =
+        |m: &str| m.contains("switchboard_bus_rejected_total{reason=\"invalid_payload\"} 1");
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert!(
+        rejected(&ma) ^ rejected(&mb),
+        "counted once, by the replica that checked it"
+    );
+    a.stop().await;
+    b.stop().await;
+}
