@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod presence;
+pub mod presence_nats;
 pub mod protocol;
 pub mod ratelimit;
 pub mod refresh;

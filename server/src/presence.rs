@@ -156,32 +156,54 @@ impl Presence {
         })
     }
 
-    /// Members after `cursor` (a connection id), at most [`PAGE_SIZE`].
-    pub fn members(&self, topic: &Topic, cursor: Option<&str>) -> MemberPage {
-        let Some(members) = self.topics.get(topic) else {
-            return MemberPage {
-                count: 0,
-                members: Vec::new(),
-                cursor: None,
-            };
-        };
-        let from = match cursor {
-            Some(c) => std::ops::Bound::Excluded(c),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut page: Vec<(Arc<str>, Arc<str>)> = members
-            .connections
-            .range::<str, _>((from, std::ops::Bound::Unbounded))
-            .take(PAGE_SIZE + 1)
-            .map(|(c, u)| (c.clone(), u.clone()))
-            .collect();
-        let more = page.len() > PAGE_SIZE;
-        page.truncate(PAGE_SIZE);
-        MemberPage {
-            count: members.connections.len(),
-            cursor: more.then(|| page.last().map(|(c, _)| c.clone())).flatten(),
-            members: page,
-        }
+    /// The topic's members on this pod: connectionId → userId.
+    pub fn local(&self, topic: &Topic) -> BTreeMap<Arc<str>, Arc<str>> {
+        self.topics
+            .get(topic)
+            .map(|m| m.connections.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `user_id` has a connection in `topic` on this pod.
+    pub fn has_user(&self, topic: &Topic, user_id: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|m| m.users.contains_key(user_id))
+    }
+
+    /// Every member on this pod, as (topic, connectionId, userId).
+    pub fn snapshot(&self) -> Vec<(Topic, Arc<str>, Arc<str>)> {
+        self.topics
+            .iter()
+            .flat_map(|entry| {
+                let topic = entry.key().clone();
+                entry
+                    .connections
+                    .iter()
+                    .map(|(c, u)| (topic.clone(), c.clone(), u.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// The members after `cursor` (a connection id), at most [`PAGE_SIZE`].
+pub fn page(members: &BTreeMap<Arc<str>, Arc<str>>, cursor: Option<&str>) -> MemberPage {
+    let from = match cursor {
+        Some(c) => std::ops::Bound::Excluded(c),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut page: Vec<(Arc<str>, Arc<str>)> = members
+        .range::<str, _>((from, std::ops::Bound::Unbounded))
+        .take(PAGE_SIZE + 1)
+        .map(|(c, u)| (c.clone(), u.clone()))
+        .collect();
+    let more = page.len() > PAGE_SIZE;
+    page.truncate(PAGE_SIZE);
+    MemberPage {
+        count: members.len(),
+        cursor: more.then(|| page.last().map(|(c, _)| c.clone())).flatten(),
+        members: page,
     }
 }
 
@@ -216,7 +238,7 @@ mod tests {
         assert!(
             matches!(p.leave(&topic(), "c2", true), Left::Now(e) if !e.join && &*e.user_id == "u")
         );
-        assert_eq!(p.members(&topic(), None).count, 0);
+        assert_eq!(p.local(&topic()).len(), 0);
     }
 
     #[test]
@@ -239,15 +261,26 @@ mod tests {
     #[test]
     fn members_page_by_cursor() {
         let p = Presence::default();
-        for i in 0..2500 {
+        for i in 0..10_000 {
             p.join(&topic(), &id(&format!("c{i:05}")), &id("u"));
         }
-        let first = p.members(&topic(), None);
-        assert_eq!((first.count, first.members.len()), (2500, PAGE_SIZE));
-        let second = p.members(&topic(), first.cursor.as_deref());
-        let third = p.members(&topic(), second.cursor.as_deref());
-        assert_eq!(third.members.len(), 500);
-        assert!(third.cursor.is_none());
-        assert_eq!(&*third.members[0].0, "c02000");
+        let all = p.local(&topic());
+        let first = page(&all, None);
+        assert_eq!((first.count, first.members.len()), (10_000, PAGE_SIZE));
+        let mut seen = first.members.len();
+        let mut cursor = first.cursor;
+        let mut pages = 1;
+        while let Some(c) = cursor {
+            let next = page(&all, Some(&c));
+            assert_eq!(
+                &*next.members[0].0,
+                format!("c{seen:05}"),
+                "pages continue where the last ended"
+            );
+            seen += next.members.len();
+            cursor = next.cursor;
+            pages += 1;
+        }
+        assert_eq!((seen, pages), (10_000, 10));
     }
 }

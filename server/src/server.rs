@@ -19,6 +19,7 @@ use crate::history::HistoryStore;
 use crate::history::jetstream::JetStreamHistory;
 use crate::history::memory::TopicHistory;
 use crate::metrics::Metrics;
+use crate::presence_nats::PresenceReplica;
 use crate::state::AppState;
 use crate::{drain, gateway};
 use switchboard_ops::admin;
@@ -58,6 +59,7 @@ impl Server {
             None => None,
         };
         let (bus_instance, bus_metrics) = (instance.clone(), metrics.clone());
+        let presence_client = nats.as_ref().map(|n| n.client());
         let state = Arc::new(AppState::new(
             app,
             instance,
@@ -87,6 +89,13 @@ impl Server {
                 ),
             },
         ));
+        if let Some(client) = presence_client
+            && state.app.topics.iter().any(|t| t.presence.is_some())
+        {
+            let subject = format!("{}.presence", NatsBus::subjects_of(&state.app).base());
+            let replica = PresenceReplica::start(client, subject, &state);
+            let _ = state.presence_replica.set(replica);
+        }
         let ws = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;

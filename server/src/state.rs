@@ -15,6 +15,7 @@ use crate::handle::ConnectionHandle;
 use crate::history::HistoryStore;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::presence_nats::PresenceReplica;
 use crate::ratelimit::RateLimiter;
 use crate::topics::TopicRegistry;
 
@@ -27,8 +28,10 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     /// Recent publications of the topics whose rule declares `history`.
     pub history: HistoryStore,
-    /// Members of the topics whose rule declares `presence`.
+    /// Members of the topics whose rule declares `presence`, on this pod.
     pub presence: Presence,
+    /// Their replication to the other pods (with NATS, when a rule declares presence).
+    pub presence_replica: std::sync::OnceLock<Arc<PresenceReplica>>,
     pub limiter: RateLimiter,
     pub auth: Authenticator,
     pub admission: Admission,
@@ -66,6 +69,7 @@ impl AppState {
             bus,
             history,
             presence: Presence::default(),
+            presence_replica: std::sync::OnceLock::new(),
             limiter,
             auth,
             admission,

@@ -9,7 +9,7 @@ use switchboard_spec::{Topic, TopicTemplate};
 
 use crate::bus::Delivery;
 use crate::policy::{self, Verb};
-use crate::presence::{Event, LEAVE_GRACE, Left};
+use crate::presence::{self, Event, LEAVE_GRACE, Left};
 use crate::protocol::{self, Inbound, OutMeta, Rejection};
 use crate::session::Session;
 use crate::state::AppState;
@@ -35,7 +35,11 @@ pub fn run(
         Some(Value::String(c)) => Some(c.as_str()),
         Some(_) => return Err(Rejection::invalid_field("/cursor", "cursor is a string")),
     };
-    let page = state.presence.members(&topic, cursor);
+    let mut members = state.presence.local(&topic);
+    if let Some(replica) = state.presence_replica.get() {
+        members.extend(replica.remote(&topic));
+    }
+    let page = presence::page(&members, cursor);
     let members: Vec<Value> = page
         .members
         .iter()
@@ -77,6 +81,32 @@ pub fn announce(state: &AppState, topic: &Topic, event: &Event) {
     });
 }
 
+/// A member joined here: other pods learn of it, and of the event if there is one.
+pub fn joined(
+    state: &AppState,
+    topic: &Topic,
+    session: &Session,
+    event: Option<Event>,
+    join_leave: bool,
+) {
+    if let Some(replica) = state.presence_replica.get() {
+        replica.joined(topic, &session.handle.id, &session.user_id);
+    }
+    if let Some(event) = event
+        && join_leave
+    {
+        announce_everywhere(state, topic, &event);
+    }
+}
+
+/// Announces here and on every other pod.
+fn announce_everywhere(state: &AppState, topic: &Topic, event: &Event) {
+    announce(state, topic, event);
+    if let Some(replica) = state.presence_replica.get() {
+        replica.announced(topic, event);
+    }
+}
+
 /// The connection is no longer a member of `topic` (if it was one): announced now
 /// when it unsubscribed, after the grace when it disconnected.
 pub fn leave(state: &Arc<AppState>, session: &Session, topic: &Topic, unsubscribed: bool) {
@@ -86,14 +116,17 @@ pub fn leave(state: &Arc<AppState>, session: &Session, topic: &Topic, unsubscrib
     let Some(settings) = rule.presence else {
         return;
     };
-    match state
+    let left = state
         .presence
-        .leave(topic, &session.handle.id, unsubscribed)
-    {
+        .leave(topic, &session.handle.id, unsubscribed);
+    if let Some(replica) = state.presence_replica.get() {
+        replica.left(topic, &session.handle.id);
+    }
+    match left {
         Left::Quiet => {}
         Left::Now(event) => {
             if settings.join_leave {
-                announce(state, topic, &event);
+                announce_everywhere(state, topic, &event);
             }
         }
         Left::Later(token) => {
@@ -106,7 +139,7 @@ pub fn leave(state: &Arc<AppState>, session: &Session, topic: &Topic, unsubscrib
                     .settle(&topic, &connection_id, &user_id, token)
                     && settings.join_leave
                 {
-                    announce(&state, &topic, &event);
+                    announce_everywhere(&state, &topic, &event);
                 }
             });
         }

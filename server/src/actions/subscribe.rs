@@ -143,13 +143,10 @@ fn become_member(state: &AppState, session: &Session, topic: &Topic, rule: &Comp
     let Some(settings) = rule.presence else {
         return;
     };
-    if let Some(event) = state
+    let event = state
         .presence
-        .join(topic, &session.handle.id, &session.user_id)
-        && settings.join_leave
-    {
-        presence::announce(state, topic, &event);
-    }
+        .join(topic, &session.handle.id, &session.user_id);
+    presence::joined(state, topic, session, event, settings.join_leave);
 }
 
 /// `$ws:ack` once `subscribed` resolves: until then a publish on another replica might

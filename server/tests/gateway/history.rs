@@ -19,6 +19,7 @@ spec:
     anonymous: true
     jwt: {algorithms: [HS256], secretRef: {name: jwt, key: secret}}
   limits: {maxRecoveryPublications: 1000, outboundQueueMessages: 4096}
+  heartbeat: {intervalSeconds: 25, timeoutSeconds: 10}
   topics:
     - {pattern: "room:{id}", history: {size: 1000, ttlSeconds: 60}, presence: {joinLeave: true}}
     - {pattern: "small:{id}", history: {size: 10, ttlSeconds: 60}}

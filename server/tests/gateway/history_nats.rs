@@ -340,3 +340,97 @@ async fn backend_publishes_into_a_history_topic_get_offsets_and_are_recovered() 
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn presence_spans_replicas_with_join_and_leave_events() {
+    let nats = NatsServer::start().await;
+    let a = replica(&nats, "a").await;
+    let b = replica(&nats, "b").await;
+    let mut x = a.client().await;
+    join(&mut x, "p").await;
+    let mut y = b.client().await;
+    join(&mut y, "p").await;
+    let joined = x.recv().await;
+    assert_eq!(joined["type"], "$ws:join", "{joined}");
+    assert_eq!(joined["payload"]["connectionId"], y.open["connectionId"]);
+    let members = x.call("MEMBERS", "m", json!({"id": "p"})).await;
+    assert_eq!(members["payload"]["count"], 2, "{members}");
+    y.call("LEAVE", "l", json!({"id": "p"})).await;
+    let left = x.recv().await;
+    assert_eq!(left["type"], "$ws:leave", "{left}");
+    assert_eq!(left["payload"]["userId"], y.open["user"]["id"]);
+    let members = x.call("MEMBERS", "m2", json!({"id": "p"})).await;
+    assert_eq!(members["payload"]["count"], 1, "{members}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A replica killed with SIGKILL renews no lease: within two heartbeat intervals
+/// (here 2 s; the test allows one more second for a loaded machine) the others drop
+/// its members and announce their leave.
+#[tokio::test]
+async fn the_members_of_a_killed_replica_leave_within_two_heartbeats() {
+    let nats = NatsServer::start().await;
+    let app = with(
+        HISTORY_APP,
+        &[(
+            "heartbeat: {intervalSeconds: 25, timeoutSeconds: 10}",
+            "heartbeat: {intervalSeconds: 2, timeoutSeconds: 2}",
+        )],
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "sb-presence-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(dir.join("secrets/jwt")).unwrap();
+    std::fs::write(dir.join("secrets/jwt/secret"), JWT_SECRET).unwrap();
+    std::fs::write(dir.join("app.yaml"), &app).unwrap();
+    let a = replica_of(&app, &nats, "a").await;
+    let url = nats.url();
+    let (app_path, secrets) = (
+        dir.join("app.yaml").display().to_string(),
+        dir.join("secrets").display().to_string(),
+    );
+    let mut b = crate::binary::start_binary(&[
+        "--app",
+        &app_path,
+        "--secrets-dir",
+        &secrets,
+        "--nats-url",
+        &url,
+        "--instance",
+        "doomed",
+    ])
+    .await;
+    let mut on_b = Client::connect(&b.ws).await;
+    join(&mut on_b, "k").await;
+    let mut on_a = a.client().await;
+    join(&mut on_a, "k").await;
+    let mut members = json!(null);
+    for _ in 0..50 {
+        members = on_a.call("MEMBERS", "m", json!({"id": "k"})).await;
+        if members["payload"]["count"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(members["payload"]["count"], 2, "{members}");
+    b.child.kill().await.unwrap();
+    let killed = std::time::Instant::now();
+    let left = on_a
+        .try_recv(Duration::from_secs(6))
+        .await
+        .expect("a leave for the dead replica's member");
+    assert_eq!(left["type"], "$ws:leave", "{left}");
+    assert_eq!(left["payload"]["connectionId"], on_b.open["connectionId"]);
+    assert!(
+        killed.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    let members = on_a.call("MEMBERS", "m2", json!({"id": "k"})).await;
+    assert_eq!(members["payload"]["count"], 1, "{members}");
+    a.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
