@@ -21,7 +21,10 @@
 //! join) can never interleave with a live delivery: no gap, no duplicate.
 //! Backends publish into history topics as into any topic, on `P.t.<topic>`: one
 //! replica (a queue group) checks each such publish like any backend publish and
-//! stores it in the chain, so it gets an offset and is recovered like the rest.
+//! stores it in the chain, so it gets an offset and is recovered like the rest. Two
+//! publishes may reach two replicas and be stored in either order; a backend that
+//! sends each as a request gets `{"offset", "epoch"}` (or `{"error"}`) back once it is
+//! stored, and keeps its order by waiting for the answer.
 //! The epoch is the stream's creation time: it changes only when the stream (and so
 //! every topic's history) is lost or recreated.
 
@@ -273,6 +276,7 @@ impl JetStreamHistory {
                 .as_ref()
                 .and_then(|h| h.get(header::USER))
                 .map(|v| v.as_str().to_owned());
+            let reply = msg.reply.clone();
             let (message_type, payload) = match backends.check(&msg.payload) {
                 Ok(checked) => checked,
                 Err(reason) => {
@@ -282,6 +286,13 @@ impl JetStreamHistory {
                         reason,
                         "dropped a backend publish",
                     );
+                    if let Some(reply) = reply {
+                        let answer = json!({"error": reason.as_str()});
+                        let _ = self
+                            .client
+                            .publish(reply, Bytes::from(answer.to_string()))
+                            .await;
+                    }
                     continue;
                 }
             };
@@ -296,11 +307,21 @@ impl JetStreamHistory {
                 payload,
             );
             let metrics = self.metrics.clone();
+            let client = self.client.clone();
             let failed_topic = topic.clone();
             self.publish(topic, Arc::from(message_type.as_str()), body, None, move |stored| {
-                if let Err(r) = stored {
-                    metrics.bus.rejected.inc(BusRejectReason::NotStored);
-                    warn!(topic = %failed_topic, error = %r.message, "a backend publish into a history topic could not be stored");
+                let answer = match &stored {
+                    Ok(position) => json!({"offset": position.offset, "epoch": &*position.epoch}),
+                    Err(r) => {
+                        metrics.bus.rejected.inc(BusRejectReason::NotStored);
+                        warn!(topic = %failed_topic, error = %r.message, "a backend publish into a history topic could not be stored");
+                        json!({"error": BusRejectReason::NotStored.as_str()})
+                    }
+                };
+                if let Some(reply) = reply {
+                    tokio::spawn(async move {
+                        let _ = client.publish(reply, Bytes::from(answer.to_string())).await;
+                    });
                 }
             });
         }

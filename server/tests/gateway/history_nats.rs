@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use switchboard_tests::Client;
 
 use crate::harness::*;
-use crate::history::{HISTORY_APP, publish, recover, said};
+use crate::history::{HISTORY_APP, expect_no_more_said, publish, recover, said};
 
 /// A replica of the history app on `nats`, ready (its stream in place).
 async fn replica(nats: &NatsServer, name: &str) -> TestServer {
@@ -67,7 +67,7 @@ async fn replicas_share_offsets_and_a_client_recovers_on_another_replica() {
     publish(&mut p, "SAY", "x", 7, 1).await;
     let rest: Vec<u64> = said(&mut moved, 4).await.iter().map(|(n, _)| *n).collect();
     assert_eq!(rest, [4, 5, 6, 7]);
-    moved.expect_silence(Duration::from_millis(300)).await;
+    expect_no_more_said(&mut moved, Duration::from_millis(300)).await;
     // The history route reads the same stream from either replica.
     let page = p.call("HISTORY", "h", json!({"id": "x", "limit": 2})).await;
     let ns: Vec<u64> = page["payload"]["publications"]
@@ -306,17 +306,21 @@ async fn backend_publishes_into_a_history_topic_get_offsets_and_are_recovered() 
     let mut c = a.client().await;
     let (start, epoch) = join(&mut c, "k").await;
     let backend = nats.client().await;
+    // Sent as requests, each answered once stored: the backend keeps its order.
+    let mut answers = Vec::new();
     for body in [
         json!({"type": "SAID", "payload": {"id": "k", "n": 1}}),
         json!({"type": "SAID", "payload": {"id": "k", "n": "not a number"}}),
         json!({"type": "SAID", "payload": {"id": "k", "n": 2}}),
     ] {
-        backend
-            .publish("sb.test.hist.t.room.k", body.to_string().into())
+        let reply = backend
+            .request("sb.test.hist.t.room.k", body.to_string().into())
             .await
             .unwrap();
+        answers.push(serde_json::from_slice::<Value>(&reply.payload).unwrap());
     }
-    backend.flush().await.unwrap();
+    assert_eq!(answers[1], json!({"error": "invalid_payload"}));
+    assert_eq!(answers[0]["epoch"], epoch.as_str(), "{answers:?}");
     let got = said(&mut c, 2).await;
     assert_eq!(
         got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
@@ -324,12 +328,14 @@ async fn backend_publishes_into_a_history_topic_get_offsets_and_are_recovered() 
         "the invalid one is dropped"
     );
     assert!(got[0].1 > start && got[1].1 > got[0].1, "{got:?}");
+    let offsets = (answers[0]["offset"].as_u64(), answers[2]["offset"].as_u64());
+    assert_eq!(offsets, (Some(got[0].1), Some(got[1].1)), "{answers:?}");
     // Stored once (by one replica of the queue group), so recoverable from anywhere.
     let mut r = b.client().await;
     let ack = recover(&mut r, "JOIN", "k", start, &epoch).await;
     assert_eq!(ack["recovered"], true, "{ack}");
     assert_eq!(said(&mut r, 2).await, got);
-    r.expect_silence(Duration::from_millis(300)).await;
+    expect_no_more_said(&mut r, Duration::from_millis(300)).await;
     let rejected =
         |m: &str| m.contains("switchboard_bus_rejected_total{reason=\"invalid_payload\"} 1");
     let (ma, mb) = (a.metrics().await, b.metrics().await);
