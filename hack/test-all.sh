@@ -65,6 +65,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo machete
 # Advisories need the RustSec database from GitHub, which this machine cannot reach;
 # the rest of the policy is checked offline.
+# cargo deny reads the metadata of every target's dependencies, Windows ones
+# included, which a build never downloads: fetch them first (crates.io only).
+cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 
 # The end-to-end tests run the binaries themselves; build them first so they are fresh.

@@ -4,7 +4,7 @@
 //! on `<prefix>.<namespace>.<app>.presence`, batched: member changes and join/leave
 //! events go out at most every [`FLUSH_EVERY`], never one message per connection event,
 //! and nothing is written to a store. A pod also sends a lease every half
-//! `heartbeat.intervalSeconds` and its whole membership every [`SNAPSHOT_EVERY`]
+//! `heartbeat.intervalSeconds` and its whole membership every `SNAPSHOT_EVERY`
 //! leases (and when a new pod asks, at its start): a lost delta heals by itself. A pod
 //! not heard from for a whole heartbeat interval is dead: its members are dropped, with
 //! leave events, between one and one and a half intervals after its last lease.

@@ -77,7 +77,7 @@ diagnostics() {
   log "server logs"
   kubectl logs -l switchboard.dev/app=chat --all-containers --prefix --tail=200
   log "nats logs"
-  kubectl logs deploy/nats --tail=50
+  kubectl logs statefulset/nats --tail=50
   for f in "$work"/port-forward-*.log; do
     if [[ -e $f ]]; then
       log "$(basename "$f")"
@@ -268,7 +268,7 @@ kind load docker-image "$SERVER_IMAGE" "$OPERATOR_IMAGE" --name "$CLUSTER"
 
 log "starting NATS"
 kubectl apply -f manifests/dev/nats.yaml
-kubectl rollout status deploy/nats --timeout=180s
+kubectl rollout status statefulset/nats --timeout=180s
 
 log "installing the chart"
 helm install switchboard charts/switchboard \

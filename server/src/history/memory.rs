@@ -1,7 +1,7 @@
 //! `TopicHistory`: history kept in this process's memory, per topic, bounded by `size`
 //! and `ttlSeconds` (docs/RECOVERY.md). For one replica without NATS.
 //!
-//! Each topic has one [`TopicLog`] behind one lock. Everything that must be ordered
+//! Each topic has one `TopicLog` behind one lock. Everything that must be ordered
 //! against publications happens under that lock: a publish takes the next offset,
 //! stores the frame and fans it out; a subscribe reads the position (and, recovering,
 //! the publications it missed), queues its ack and replay, and joins the subscribers.
