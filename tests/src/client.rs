@@ -156,6 +156,32 @@ impl Client {
         }
     }
 
+    /// Every data frame until the connection ends, however it ends (a close frame, or
+    /// EOF as a slow consumer may see): the frames and the close code, if one came.
+    pub async fn frames_until_end(&mut self, within: Duration) -> (Vec<Value>, Option<u16>) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "the connection did not end in time; got {} frames",
+                        frames.len()
+                    )
+                });
+            match msg {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return (frames, Some(code.into()));
+                }
+                Some(Ok(Message::Close(None))) => return (frames, Some(1005)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return (frames, None),
+            }
+        }
+    }
+
     /// Expects the server to close; returns the close code.
     pub async fn expect_close(&mut self, within: Duration) -> u16 {
         let deadline = tokio::time::Instant::now() + within;

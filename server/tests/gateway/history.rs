@@ -27,7 +27,7 @@ spec:
   routes:
     - {type: JOIN, payload: {type: object, properties: {id: {type: string}}}, subscribe: {topic: "room:{id}"}}
     - {type: LEAVE, payload: {type: object, properties: {id: {type: string}}}, unsubscribe: {topic: "room:{id}"}}
-    - {type: SAY, payload: {type: object, properties: {id: {type: string}, n: {type: integer}}}, publish: {topic: "room:{id}", emit: SAID}}
+    - {type: SAY, payload: {type: object, properties: {id: {type: string}, n: {type: integer}, text: {type: string}}}, publish: {topic: "room:{id}", emit: SAID}}
     - type: HISTORY
       payload: {type: object, properties: {id: {type: string}, limit: {type: integer}, before: {type: integer}, since: {type: integer}}}
       history: {topic: "room:{id}", maxLimit: 20}
@@ -354,4 +354,62 @@ async fn a_user_reconnecting_within_the_grace_neither_leaves_nor_joins_again() {
     let members = a.call("MEMBERS", "m", json!({"id": "g"})).await;
     assert_eq!(members["payload"]["count"], 2, "{members}");
     server.stop().await;
+}
+
+/// A subscriber that stops reading is cut (4008, or EOF when even the close cannot be
+/// written); reconnecting with `since`, it ends with every publication once.
+#[tokio::test]
+async fn a_slow_consumer_cut_off_recovers_everything_it_missed() {
+    let app = with(
+        HISTORY_APP,
+        &[("outboundQueueMessages: 4096", "outboundQueueMessages: 16")],
+    );
+    let server = TestServer::start(&app).await;
+    slow_consumer_recovers(&server, &server).await;
+    server.stop().await;
+}
+
+/// Shared with the NATS variant: the slow subscriber on `on`, recovering on `then`.
+pub async fn slow_consumer_recovers(on: &TestServer, then: &TestServer) {
+    const TOTAL: u64 = 300;
+    let mut slow = on.client().await;
+    let epoch = slow.call("JOIN", "j", json!({"id": "slow"})).await["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Big payloads fill the socket buffers quickly; the client reads nothing meanwhile.
+    let text = "x".repeat(30_000);
+    let mut p = on.client().await;
+    for n in 1..=TOTAL {
+        let ack = p
+            .call(
+                "SAY",
+                &format!("p{n}"),
+                json!({"id": "slow", "n": n, "text": text}),
+            )
+            .await;
+        assert_eq!(ack["type"], "$ws:ack", "{ack}");
+    }
+    let (frames, code) = slow.frames_until_end(Duration::from_secs(20)).await;
+    assert!(
+        matches!(code, Some(4008) | None),
+        "cut as a slow consumer: {code:?}"
+    );
+    let mut got: Vec<u64> = Vec::new();
+    let mut last = 0;
+    for m in frames.iter().filter(|m| m["type"] == "SAID") {
+        got.push(m["payload"]["n"].as_u64().unwrap());
+        last = m["meta"]["offset"].as_u64().unwrap();
+    }
+    assert!(
+        (got.len() as u64) < TOTAL,
+        "it was cut before the end: {}",
+        got.len()
+    );
+    let mut back = then.client().await;
+    let ack = recover(&mut back, "JOIN", "slow", last, &epoch).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let missing = TOTAL as usize - got.len();
+    got.extend(said(&mut back, missing).await.iter().map(|(n, _)| *n));
+    assert_eq!(got, (1..=TOTAL).collect::<Vec<_>>());
 }

@@ -440,3 +440,17 @@ async fn the_members_of_a_killed_replica_leave_within_two_heartbeats() {
     a.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_slow_consumer_cut_off_recovers_on_another_replica() {
+    let nats = NatsServer::start().await;
+    let app = with(
+        HISTORY_APP,
+        &[("outboundQueueMessages: 4096", "outboundQueueMessages: 16")],
+    );
+    let a = replica_of(&app, &nats, "a").await;
+    let b = replica_of(&app, &nats, "b").await;
+    crate::history::slow_consumer_recovers(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
