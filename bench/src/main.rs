@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! switchboard-loadgen fanout --url ws://127.0.0.1:8080/ws --subscribers 1000 --rate 200 --duration 10
+//! switchboard-loadgen recovery --url ws://127.0.0.1:8080/ws --missed 1000
 //! ```
 //!
 //! Prints one JSON line with the figures on stdout and a summary on stderr. Exit code:
@@ -11,6 +12,7 @@
 
 mod fanout;
 mod hist;
+mod recovery;
 mod ws;
 
 use std::process::ExitCode;
@@ -34,6 +36,17 @@ enum Scenario {
     /// N subscribers join one room; one publisher sends into it at a fixed rate; every
     /// delivery is counted and timed.
     Fanout(fanout::Args),
+    /// A subscriber misses N publications on a topic with history, then recovers them
+    /// with `meta.since`; the recovery is timed.
+    Recovery(recovery::Args),
+}
+
+/// What a scenario prints: a summary (stderr), one JSON line (stdout), and whether the
+/// run met its bar.
+struct Printed {
+    summary: String,
+    line: Result<String, serde_json::Error>,
+    ok: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,22 +65,31 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.scenario {
-            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await.map(|r| Printed {
+                summary: r.to_string(),
+                line: serde_json::to_string(&r),
+                ok: r.ok,
+            }),
+            Scenario::Recovery(args) => recovery::run(args).await.map(|r| Printed {
+                summary: r.to_string(),
+                line: serde_json::to_string(&r),
+                ok: true,
+            }),
         }
     });
     // Connections still open are dropped with the runtime.
     rt.shutdown_background();
     match result {
-        Ok(report) => {
-            eprint!("{report}");
-            match serde_json::to_string(&report) {
+        Ok(printed) => {
+            eprint!("{}", printed.summary);
+            match printed.line {
                 Ok(line) => println!("{line}"),
                 Err(e) => {
                     eprintln!("error: cannot encode the report: {e}");
                     return ExitCode::FAILURE;
                 }
             }
-            if report.ok {
+            if printed.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
