@@ -58,6 +58,22 @@ pub async fn publish(c: &mut Client, say: &str, id: &str, from: u64, n: u64) {
     }
 }
 
+/// Asserts `got` is exactly 1..=total, naming the first entries out of place.
+pub fn assert_in_order_once(got: &[u64], total: u64) {
+    let wrong: Vec<(usize, u64)> = got
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| **n != *i as u64 + 1)
+        .map(|(i, n)| (i, *n))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() as u64 == total,
+        "{} received of {total}; first out of place (index, n): {wrong:?}",
+        got.len()
+    );
+}
+
 /// Fails if a `SAID` delivery arrives within `within` (presence events may).
 pub async fn expect_no_more_said(c: &mut Client, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -175,18 +191,7 @@ async fn recovery_while_publishes_keep_arriving_has_no_gap_and_no_repeat() {
         }
     }
     publisher.await.unwrap();
-    let wrong: Vec<(usize, u64)> = got
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| **n != *i as u64 + 1)
-        .map(|(i, n)| (i, *n))
-        .take(5)
-        .collect();
-    assert!(
-        wrong.is_empty() && got.len() as u64 == TOTAL + 1,
-        "after {reconnects} reconnects, {} received; first out of place (index, n): {wrong:?}",
-        got.len()
-    );
+    assert_in_order_once(&got, TOTAL + 1);
     assert_eq!(reconnects, 5);
     server.stop().await;
 }

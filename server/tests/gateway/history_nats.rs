@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use switchboard_tests::Client;
 
 use crate::harness::*;
-use crate::history::{HISTORY_APP, expect_no_more_said, publish, recover, said};
+use crate::history::{
+    HISTORY_APP, assert_in_order_once, expect_no_more_said, publish, recover, said,
+};
 
 /// A replica of the history app on `nats`, ready (its stream in place).
 async fn replica(nats: &NatsServer, name: &str) -> TestServer {
@@ -141,21 +143,6 @@ async fn recovery_across_a_drain_while_publishes_keep_arriving_is_gapless() {
     }
     publisher.await.unwrap();
     b.stop().await;
-}
-
-fn assert_in_order_once(got: &[u64], total: u64) {
-    let wrong: Vec<(usize, u64)> = got
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| **n != *i as u64 + 1)
-        .map(|(i, n)| (i, *n))
-        .take(5)
-        .collect();
-    assert!(
-        wrong.is_empty() && got.len() as u64 == total,
-        "{} received of {total}; first out of place (index, n): {wrong:?}",
-        got.len()
-    );
 }
 
 /// A client whose TCP connection just ends (no close), while publishes go on from
