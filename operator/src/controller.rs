@@ -1,8 +1,8 @@
 //! Reconcile and error policy: one RealtimeApp in, its owned objects and status out.
 //!
-//! Order matters: the spec is compiled (with the server's own compiler) and its
-//! Secrets checked *before* anything is applied, so an invalid spec sets Degraded and
-//! leaves the running Deployment exactly as it was.
+//! Order matters: the spec is compiled (with the server's own compiler), its Secrets
+//! checked and its history stream put in place *before* anything is applied, so an
+//! invalid spec sets Degraded and leaves the running Deployment exactly as it was.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,11 +23,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchboard_spec::crd::{RealtimeApp, RealtimeAppStatus};
-use switchboard_spec::{AppManifest, ManifestMetadata};
+use switchboard_spec::{AppManifest, ManifestMetadata, history_stream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::RetryBackoff;
+use crate::jetstream::HistoryStreams;
 use crate::metrics::{FailureKind, Metrics, Outcome};
 use crate::resources::{Defaults, Plan};
 
@@ -63,6 +64,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per app, for exponential backoff.
     pub failures: RetryBackoff<ObjectRef<RealtimeApp>>,
+    /// NATS connections for the apps' history streams.
+    pub history_streams: HistoryStreams,
 }
 
 impl Context {
@@ -77,6 +80,7 @@ impl Context {
             defaults,
             metrics: Arc::new(Metrics::new()),
             failures: RetryBackoff::default(),
+            history_streams: HistoryStreams::default(),
         }
     }
 }
@@ -174,18 +178,21 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
         },
         spec: app.spec.clone(),
     };
-    if let Err(errors) = switchboard_spec::compile(&manifest) {
-        degrade(
-            ctx,
-            &app,
-            &apps,
-            &previous,
-            "InvalidSpec",
-            &errors.to_string(),
-        )
-        .await?;
-        return Ok((Outcome::Degraded, Action::requeue(RESYNC)));
-    }
+    let compiled = match switchboard_spec::compile(&manifest) {
+        Ok(compiled) => compiled,
+        Err(errors) => {
+            degrade(
+                ctx,
+                &app,
+                &apps,
+                &previous,
+                "InvalidSpec",
+                &errors.to_string(),
+            )
+            .await?;
+            return Ok((Outcome::Degraded, Action::requeue(RESYNC)));
+        }
+    };
     let plan = Plan::new(&app, &ctx.defaults)?;
 
     // 2. Every referenced Secret key must exist, or pods would crash-loop.
@@ -215,7 +222,24 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
         }
     }
 
-    // 3. Apply what is wanted; delete what no longer is.
+    // 3. The history stream, where history topics live on NATS: a stream JetStream
+    //    refuses would leave every new pod unready.
+    if let (Some(nats), Some(config)) = (&app.spec.nats, history_stream::config(&compiled))
+        && let Err(problem) = ctx.history_streams.ensure(&nats.url, config).await
+    {
+        degrade(
+            ctx,
+            &app,
+            &apps,
+            &previous,
+            problem.reason(),
+            &problem.to_string(),
+        )
+        .await?;
+        return Ok((Outcome::Degraded, Action::requeue(Duration::from_secs(30))));
+    }
+
+    // 4. Apply what is wanted; delete what no longer is.
     apply(
         &ctx.client,
         &namespace,
@@ -234,7 +258,7 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
     .await?;
     apply_or_delete(&ctx.client, &namespace, &name, plan.autoscaler()?).await?;
 
-    // 4. Report what the Deployment reports.
+    // 5. Report what the Deployment reports.
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(&name)
         .await?;

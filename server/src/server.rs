@@ -24,6 +24,7 @@ use crate::state::AppState;
 use crate::{drain, gateway};
 use switchboard_ops::admin;
 use switchboard_ops::shutdown::Shutdown;
+use switchboard_spec::history_stream;
 
 /// How long a history log with nothing stored is kept before it is forgotten.
 const HISTORY_IDLE: Duration = Duration::from_secs(600);
@@ -67,18 +68,16 @@ impl Server {
             metrics,
             move |app, registry| match nats {
                 Some(connection) => {
-                    let has_history = app.topics.iter().any(|t| t.history.is_some());
-                    let history = if has_history {
-                        HistoryStore::JetStream(JetStreamHistory::start(
+                    let history = match history_stream::config(app) {
+                        Some(config) => HistoryStore::JetStream(JetStreamHistory::start(
                             connection.client(),
                             app,
-                            NatsBus::subjects_of(app),
+                            config,
                             registry.clone(),
                             bus_metrics.clone(),
                             bus_instance.clone(),
-                        ))
-                    } else {
-                        HistoryStore::Memory(TopicHistory::new())
+                        )),
+                        None => HistoryStore::Memory(TopicHistory::new()),
                     };
                     let bus = NatsBus::start(connection, app, registry, bus_metrics, bus_instance);
                     (bus as Arc<dyn Bus>, history)

@@ -8,6 +8,8 @@ pub mod action;
 pub mod compile;
 #[cfg(feature = "crd")]
 pub mod crd;
+#[cfg(feature = "jetstream")]
+pub mod history_stream;
 mod schema;
 pub mod topic;
 pub mod types;

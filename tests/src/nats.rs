@@ -20,10 +20,22 @@ pub struct NatsServer {
     pub port: u16,
     pub monitor: u16,
     dir: PathBuf,
+    /// Off only to test what happens on a NATS without it.
+    jetstream: bool,
 }
 
 impl NatsServer {
+    /// With JetStream, as history needs.
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Core NATS only, as a server started without `-js` is.
+    pub async fn start_without_jetstream() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "sb-nats-{}-{:x}",
             std::process::id(),
@@ -35,6 +47,7 @@ impl NatsServer {
             port: 0,
             monitor: 0,
             dir,
+            jetstream,
         };
         // Another process may take a port between the check and nats-server's bind.
         for _ in 0..5 {
@@ -55,15 +68,27 @@ impl NatsServer {
 
     /// Starts nats-server on `port` and `monitor`; false when it did not come up.
     async fn spawn(&mut self) -> bool {
-        let child = tokio::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
+        let mut command = tokio::process::Command::new("nats-server");
+        command
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-m",
+                &self.monitor.to_string(),
+            ])
             .arg("--ports_file_dir")
-            .arg(&self.dir)
-            // JetStream with file storage in the server's own directory: history
-            // survives a restart, as on a real NATS deployment.
-            .arg("-js")
-            .arg("-sd")
-            .arg(self.dir.join("jetstream"))
+            .arg(&self.dir);
+        if self.jetstream {
+            // File storage in the server's own directory: history survives a
+            // restart, as on a real NATS deployment.
+            command
+                .arg("-js")
+                .arg("-sd")
+                .arg(self.dir.join("jetstream"));
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

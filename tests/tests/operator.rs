@@ -1,7 +1,8 @@
 //! The operator reconciling RealtimeApps on a real kube-apiserver: the objects it
 //! applies, rolling on change, Degraded on an invalid spec without touching the running
-//! Deployment (with an Event), recreating a deleted child, the scale subresource, and
-//! garbage collection of children when the app is deleted. (No kubelet runs pods, so
+//! Deployment (with an Event), recreating a deleted child, the scale subresource,
+//! garbage collection of children when the app is deleted, and the history stream put
+//! in place on a real nats-server before a spec rolls out. (No kubelet runs pods, so
 //! the assertions are on objects.)
 
 // Tests stop at the first failed step, loudly.
@@ -19,7 +20,7 @@ use serde_json::json;
 use switchboard_operator::controller::{self, Context};
 use switchboard_operator::resources::{CONFIG_HASH_ANNOTATION, Defaults};
 use switchboard_spec::crd::RealtimeApp;
-use switchboard_tests::{ControlPlane, chat_app, eventually, template_annotation};
+use switchboard_tests::{ControlPlane, NatsServer, chat_app, eventually, template_annotation};
 
 fn hash(d: &Deployment) -> Option<String> {
     template_annotation(d, CONFIG_HASH_ANNOTATION)
@@ -34,13 +35,13 @@ fn condition(app: &RealtimeApp, type_: &str) -> Option<(String, String, String)>
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-#[tokio::test]
-async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
-    let mut cp = ControlPlane::start().await?;
-    let client = cp.client().await?;
-    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
-    let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
-
+/// The controller on `client`, until the token is cancelled.
+fn run_operator(
+    client: &kube::Client,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let defaults = Defaults {
         server_image: "switchboard-server:test".into(),
         otel_env: vec![],
@@ -51,6 +52,17 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         let stop = stop.clone();
         async move { controller::run(ctx, &[], stop).await }
     });
+    (stop, operator)
+}
+
+#[tokio::test]
+async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
+    let mut cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
+    let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
+
+    let (stop, operator) = run_operator(&client);
 
     apps.create(&PostParams::default(), &chat_app()).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -268,6 +280,104 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         (!left.contains(&true)).then_some(())
     })
     .await;
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    Ok(())
+}
+
+/// The app's Degraded condition once it is True with `reason`.
+async fn degraded_with(apps: &Api<RealtimeApp>, reason: &str) -> (String, String, String) {
+    eventually(&format!("Degraded: {reason}"), 20, || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.0 == "True" && c.1 == reason)
+    })
+    .await
+}
+
+/// Touches the app so the operator reconciles it now (a NATS change is no watch event).
+async fn nudge(apps: &Api<RealtimeApp>, value: &str) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {"annotations": {"test/nudge": value}}});
+    apps.patch("chat", &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_history_stream_is_in_place_before_a_spec_rolls_out() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
+    let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let (stop, operator) = run_operator(&client);
+    let plain = NatsServer::start_without_jetstream().await;
+    let nats = NatsServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+
+    // The example chat app keeps history on its boards. On a NATS without JetStream
+    // that cannot work: Degraded, and nothing is rolled out.
+    let mut app = chat_app();
+    app.spec.nats = Some(switchboard_spec::NatsSettings {
+        url: plain.url(),
+        ..Default::default()
+    });
+    apps.create(&PostParams::default(), &app).await?;
+    let (_, _, message) = degraded_with(&apps, "JetStreamUnavailable").await;
+    assert!(message.contains("-js"), "{message}");
+    assert!(deployments.get_opt("chat").await?.is_none());
+
+    // Another stream already holds the app's stored subjects: refused, with NATS's
+    // own words, and still nothing rolled out.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SOMEONE_ELSE".into(),
+        subjects: vec!["sb.default.chat.s.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let url = json!({"spec": {"nats": {"url": nats.url()}}});
+    apps.patch("chat", &PatchParams::default(), &Patch::Merge(url))
+        .await?;
+    let (_, _, message) = degraded_with(&apps, "HistoryStreamRefused").await;
+    assert!(message.contains("SB_SB_DEFAULT_CHAT"), "{message}");
+    assert!(message.contains("overlap"), "{message}");
+    assert!(deployments.get_opt("chat").await?.is_none());
+
+    // Once the subjects are free, the operator creates the stream and rolls out.
+    js.delete_stream("SOMEONE_ELSE").await?;
+    nudge(&apps, "1").await?;
+    let d = eventually("the Deployment", 20, || async {
+        deployments.get_opt("chat").await.ok().flatten()
+    })
+    .await;
+    let mut stream = js.get_stream("SB_SB_DEFAULT_CHAT").await?;
+    let info = stream.info().await?;
+    assert_eq!(info.config.subjects, ["sb.default.chat.s.>"]);
+    assert_eq!(
+        info.config.max_messages_per_subject, 100,
+        "the boards' size"
+    );
+    eventually("Degraded to clear", 20, || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+
+    // A change JetStream cannot make on the running app (a byte bound far beyond
+    // any storage): Degraded, the running Deployment untouched, the stream as it was.
+    let huge = json!({"spec": {"nats": {"historyMaxBytes": 1u64 << 60}}});
+    apps.patch("chat", &PatchParams::default(), &Patch::Merge(huge))
+        .await?;
+    let (_, _, message) = degraded_with(&apps, "HistoryStreamRefused").await;
+    assert!(message.contains("insufficient storage"), "{message}");
+    assert_eq!(hash(&deployments.get("chat").await?), hash(&d));
+    assert_eq!(stream.info().await?.config.max_bytes, 256 * 1024 * 1024);
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;

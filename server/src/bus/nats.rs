@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use switchboard_spec::history_stream;
 use switchboard_spec::{CompiledApp, CompiledRoute, Identity, RouteAction, Topic, TopicPattern};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -57,8 +58,7 @@ pub mod header {
 /// Publishes waiting for the publisher task before new ones are refused and counted.
 const OUTGOING_CAPACITY: usize = 8192;
 
-/// `spec.nats.subjectPrefix` when the spec sets none.
-pub const DEFAULT_SUBJECT_PREFIX: &str = "sb";
+pub use switchboard_spec::history_stream::DEFAULT_SUBJECT_PREFIX;
 
 /// The subject layout of one app: the one place it is spelled, for the server and for
 /// backends written in Rust (see `server/examples/`).
@@ -237,13 +237,9 @@ impl NatsConnection {
 impl NatsBus {
     /// The app's subject layout.
     pub fn subjects_of(app: &CompiledApp) -> Subjects {
-        let prefix = app
-            .spec
-            .nats
-            .as_ref()
-            .and_then(|n| n.subject_prefix.clone())
-            .unwrap_or_else(|| DEFAULT_SUBJECT_PREFIX.to_owned());
-        Subjects::new(&prefix, &app.namespace, &app.name)
+        Subjects {
+            base: history_stream::subject_base(app),
+        }
     }
 
     /// Starts the bus's tasks on the current runtime.
@@ -549,11 +545,15 @@ impl BackendCheck {
         self.emitters.contains_key(message_type)
     }
 
-    /// The publish's type and payload as written, if it may reach clients.
-    pub(crate) fn check<'a>(
+    /// The publish's type and its frame for clients on `topic` (published by `user`,
+    /// when the backend named one), if it may reach them: a known emitted type with a
+    /// payload some emitting route's schema accepts.
+    pub(crate) fn frame(
         &self,
-        body: &'a [u8],
-    ) -> Result<(String, &'a RawValue), BusRejectReason> {
+        topic: &Topic,
+        body: &[u8],
+        user: Option<&str>,
+    ) -> Result<(Arc<str>, Bytes), BusRejectReason> {
         let envelope = BusEnvelope::read(body)?;
         let message_type = envelope
             .message_type
@@ -572,7 +572,17 @@ impl BackendCheck {
         {
             return Err(BusRejectReason::InvalidPayload);
         }
-        Ok((message_type.to_owned(), raw_payload))
+        let frame = protocol::encode(
+            message_type,
+            OutMeta {
+                topic: Some(topic.as_str()),
+                publisher: user,
+                timestamp: protocol::now_ms(),
+                ..OutMeta::default()
+            },
+            raw_payload,
+        );
+        Ok((Arc::from(message_type), frame))
     }
 }
 
@@ -674,20 +684,10 @@ impl Inbound {
         body: &[u8],
         user: Option<String>,
     ) -> Result<Delivery, BusRejectReason> {
-        let (message_type, raw_payload) = self.backends.check(body)?;
-        let frame = protocol::encode(
-            &message_type,
-            OutMeta {
-                topic: Some(topic.as_str()),
-                publisher: user.as_deref(),
-                timestamp: protocol::now_ms(),
-                ..OutMeta::default()
-            },
-            raw_payload,
-        );
+        let (message_type, frame) = self.backends.frame(topic, body, user.as_deref())?;
         Ok(Delivery {
             topic: topic.clone(),
-            message_type: Arc::from(message_type.as_str()),
+            message_type,
             frame,
             exclude: None,
             published_at: Instant::now(),

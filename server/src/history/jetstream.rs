@@ -44,11 +44,11 @@ use tracing::{debug, info, warn};
 
 use super::{NotRecovered, Page, PageQuery, Position, Publication, StoredFrame};
 use crate::bus::Delivery;
-use crate::bus::nats::{self as bus_nats, BackendCheck, Subjects, header};
+use crate::bus::nats::{self as bus_nats, BackendCheck, NatsBus, Subjects, header};
 use crate::bus::{BusRejectReason, BusSource};
 use crate::handle::ConnectionHandle;
 use crate::metrics::Metrics;
-use crate::protocol::{self, ErrorCode, OutMeta, Rejection, Since};
+use crate::protocol::{self, ErrorCode, Rejection, Since};
 use crate::topics::TopicRegistry;
 
 /// `Sb-Prev`: the stream sequence of the topic's previous message.
@@ -57,8 +57,6 @@ const PREV: &str = "Sb-Prev";
 const SEQUENCE: &str = "Nats-Sequence";
 /// On the end-of-batch marker of a batched direct get: messages left after the batch.
 const NUM_PENDING: &str = "Nats-Num-Pending";
-/// Byte bound of the app's stream when the spec sets none.
-pub const DEFAULT_MAX_BYTES: i64 = 256 * 1024 * 1024;
 /// How long a direct read waits for the stream's answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages asked for per batched read.
@@ -160,37 +158,13 @@ impl JetStreamHistory {
     pub fn start(
         client: async_nats::Client,
         app: &CompiledApp,
-        subjects: Subjects,
+        config: stream::Config,
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
         instance: Arc<str>,
     ) -> Arc<Self> {
-        let rules = app.topics.iter().filter_map(|t| t.history);
-        let (size, ttl) = rules.fold((1, 1), |(s, t), h| (s.max(h.size), t.max(h.ttl_seconds)));
-        let max_bytes = app
-            .spec
-            .nats
-            .as_ref()
-            .and_then(|n| n.history_max_bytes)
-            .map_or(DEFAULT_MAX_BYTES, |b| b as i64);
-        let base = subjects.base().to_owned();
-        let stream_name = format!("SB_{}", base.replace(['.', '-'], "_")).to_uppercase();
-        let config = stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![format!("{base}.s.>")],
-            max_messages_per_subject: i64::from(size),
-            max_age: Duration::from_secs(u64::from(ttl)),
-            max_bytes,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::Old,
-            allow_direct: true,
-            republish: Some(stream::Republish {
-                source: format!("{base}.s.>"),
-                destination: format!("{base}.r.>"),
-                headers_only: false,
-            }),
-            ..Default::default()
-        };
+        let subjects = NatsBus::subjects_of(app);
+        let stream_name = config.name.clone();
         let this = Arc::new(Self {
             js: jetstream::new(client.clone()),
             client,
@@ -277,7 +251,7 @@ impl JetStreamHistory {
                 .and_then(|h| h.get(header::USER))
                 .map(|v| v.as_str().to_owned());
             let reply = msg.reply.clone();
-            let (message_type, payload) = match backends.check(&msg.payload) {
+            let (message_type, body) = match backends.frame(&topic, &msg.payload, user.as_deref()) {
                 Ok(checked) => checked,
                 Err(reason) => {
                     bus_nats::note_rejection(
@@ -296,20 +270,10 @@ impl JetStreamHistory {
                     continue;
                 }
             };
-            let body = protocol::encode(
-                &message_type,
-                OutMeta {
-                    topic: Some(topic.as_str()),
-                    publisher: user.as_deref(),
-                    timestamp: protocol::now_ms(),
-                    ..OutMeta::default()
-                },
-                payload,
-            );
             let metrics = self.metrics.clone();
             let client = self.client.clone();
             let failed_topic = topic.clone();
-            self.publish(topic, Arc::from(message_type.as_str()), body, None, move |stored| {
+            self.publish(topic, message_type, body, None, move |stored| {
                 let answer = match &stored {
                     Ok(position) => json!({"offset": position.offset, "epoch": &*position.epoch}),
                     Err(r) => {
