@@ -15,13 +15,6 @@ const GRACE_SECONDS: u64 = 6;
 /// The test app, with a short grace period, written where the binary can read it,
 /// beside the JWT Secret it references.
 fn app_files() -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!(
-        "sb-drain-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(dir.join("secrets/jwt")).unwrap();
-    std::fs::write(dir.join("secrets/jwt/secret"), JWT_SECRET).unwrap();
     let app = with(
         TEST_APP,
         &[(
@@ -31,8 +24,8 @@ fn app_files() -> (PathBuf, PathBuf) {
             ),
         )],
     );
-    std::fs::write(dir.join("app.yaml"), app).unwrap();
-    (dir.join("app.yaml"), dir.join("secrets"))
+    let (_, app, secrets) = app_files_in_temp_dir(&app);
+    (app, secrets)
 }
 
 #[tokio::test]

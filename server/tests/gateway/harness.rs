@@ -13,6 +13,21 @@ pub use switchboard_tests::{Client, NatsServer, Refused, WAIT, eventually, http_
 
 pub const JWT_SECRET: &[u8] = b"test-secret-0123456789abcdef0123456789";
 
+/// A fresh directory holding `app` as `app.yaml` and the test app's JWT Secret under
+/// `secrets/` (mounted as the operator mounts it), for servers run as processes.
+/// Returns the directory, the app file and the secrets directory.
+pub fn app_files_in_temp_dir(app: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "sb-app-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(dir.join("secrets/jwt")).unwrap();
+    std::fs::write(dir.join("secrets/jwt/secret"), JWT_SECRET).unwrap();
+    std::fs::write(dir.join("app.yaml"), app).unwrap();
+    (dir.clone(), dir.join("app.yaml"), dir.join("secrets"))
+}
+
 /// The app most tests run: every action kind, policies and limits small enough to hit.
 pub const TEST_APP: &str = r#"
 apiVersion: switchboard.dev/v1alpha1

@@ -1,7 +1,8 @@
 //! History and recovery across replicas, on a real nats-server with JetStream (file
 //! storage): one stream per app, offsets shared by every replica, recovery on another
 //! replica after a drain or a dropped connection, while publishes keep arriving, and
-//! after nats-server itself restarts.
+//! after nats-server itself restarts; presence across replicas (events, a killed
+//! replica's members, 10,000 members in pages).
 
 use std::time::Duration;
 
@@ -371,45 +372,26 @@ async fn the_members_of_a_killed_replica_leave_within_two_heartbeats() {
             "heartbeat: {intervalSeconds: 2, timeoutSeconds: 2}",
         )],
     );
-    let dir = std::env::temp_dir().join(format!(
-        "sb-presence-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(dir.join("secrets/jwt")).unwrap();
-    std::fs::write(dir.join("secrets/jwt/secret"), JWT_SECRET).unwrap();
-    std::fs::write(dir.join("app.yaml"), &app).unwrap();
     let a = replica_of(&app, &nats, "a").await;
-    let url = nats.url();
-    let (app_path, secrets) = (
-        dir.join("app.yaml").display().to_string(),
-        dir.join("secrets").display().to_string(),
-    );
-    let mut b = crate::binary::start_binary(&[
-        "--app",
-        &app_path,
-        "--secrets-dir",
-        &secrets,
-        "--nats-url",
-        &url,
-        "--instance",
-        "doomed",
-    ])
-    .await;
-    let mut on_b = Client::connect(&b.ws).await;
+    let mut b = ReplicaProcess::start(&app, &nats, "doomed", Some("debug")).await;
+    let mut on_b = Client::connect(&b.running.ws).await;
     join(&mut on_b, "k").await;
     let mut on_a = a.client().await;
     join(&mut on_a, "k").await;
     let mut members = json!(null);
     for _ in 0..50 {
         members = on_a.call("MEMBERS", "m", json!({"id": "k"})).await;
+        // The join of b's member comes before the answer that counts it.
+        while members["type"] == "$ws:join" {
+            members = on_a.recv().await;
+        }
         if members["payload"]["count"] == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(members["payload"]["count"], 2, "{members}");
-    b.child.kill().await.unwrap();
+    b.running.child.kill().await.unwrap();
     let killed = std::time::Instant::now();
     let left = on_a
         .try_recv(Duration::from_secs(6))
@@ -425,7 +407,125 @@ async fn the_members_of_a_killed_replica_leave_within_two_heartbeats() {
     let members = on_a.call("MEMBERS", "m2", json!({"id": "k"})).await;
     assert_eq!(members["payload"]["count"], 1, "{members}");
     a.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A replica as a process of its own: its sockets are not the test's (10,000 clients
+/// and their server ends would not fit one process's file limit), and it can be killed.
+struct ReplicaProcess {
+    running: crate::binary::Running,
+    /// Its app file and secrets, removed on drop.
+    dir: std::path::PathBuf,
+}
+
+impl ReplicaProcess {
+    /// Starts `app` as `instance` on `nats`, logging at `log` (`None`: the default).
+    async fn start(app: &str, nats: &NatsServer, instance: &str, log: Option<&str>) -> Self {
+        let (dir, app_path, secrets) = app_files_in_temp_dir(app);
+        let (app_path, secrets, url) = (
+            app_path.display().to_string(),
+            secrets.display().to_string(),
+            nats.url(),
+        );
+        let args = [
+            "--app",
+            &app_path,
+            "--secrets-dir",
+            &secrets,
+            "--nats-url",
+            &url,
+            "--instance",
+            instance,
+        ];
+        let running = crate::binary::start_binary_logging(&args, log).await;
+        Self { running, dir }
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// 10,000 members of one topic, half on each replica: every replica answers all of
+/// them, in pages of at most 1000 that together hold each member exactly once.
+#[tokio::test]
+async fn ten_thousand_members_on_two_replicas_page_through_in_thousands() {
+    use futures_util::StreamExt;
+
+    const MEMBERS: usize = 10_000;
+    let nats = NatsServer::start().await;
+    let app = with(
+        HISTORY_APP,
+        &[
+            (
+                "limits: {",
+                "limits: {maxConnections: 20000, maxConnectionsPerIp: 20000, ",
+            ),
+            (
+                "  routes:\n",
+                "    - {pattern: \"crowd:{id}\", presence: {joinLeave: false}}\n  routes:\n    \
+                 - {type: JOIN_CROWD, payload: {type: object, properties: {id: {type: string}}}, subscribe: {topic: \"crowd:{id}\"}}\n    \
+                 - {type: CROWD, payload: {type: object, properties: {id: {type: string}, cursor: {type: string}}}, presence: {topic: \"crowd:{id}\"}}\n",
+            ),
+        ],
+    );
+    let a = ReplicaProcess::start(&app, &nats, "a", None).await;
+    let b = ReplicaProcess::start(&app, &nats, "b", None).await;
+    let urls = [a.running.ws.clone(), b.running.ws.clone()];
+    let members: Vec<Client> = futures_util::stream::iter(0..MEMBERS)
+        .map(|i| {
+            let url = urls[i % 2].clone();
+            async move {
+                let mut c = Client::connect(&url).await;
+                let ack = c.call("JOIN_CROWD", "j", json!({"id": "all"})).await;
+                assert_eq!(ack["type"], "$ws:ack", "{ack}");
+                c
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let expected: std::collections::HashSet<String> = members
+        .iter()
+        .map(|c| c.open["connectionId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(expected.len(), MEMBERS);
+
+    for url in &urls {
+        let mut asker = Client::connect(url).await;
+        // The other replica's members arrive in batched deltas.
+        let mut first = json!(null);
+        for _ in 0..100 {
+            first = asker.call("CROWD", "m", json!({"id": "all"})).await;
+            if first["payload"]["count"] == MEMBERS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(first["payload"]["count"], MEMBERS, "via {url}");
+        let mut seen = std::collections::HashSet::new();
+        let mut page = first;
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            let listed = page["payload"]["members"].as_array().unwrap();
+            assert!(listed.len() <= 1000, "a page of {}", listed.len());
+            for m in listed {
+                let id = m["connectionId"].as_str().unwrap().to_owned();
+                assert!(seen.insert(id), "listed twice: {m}");
+            }
+            let Some(cursor) = page["payload"]["cursor"].as_str().map(str::to_owned) else {
+                break;
+            };
+            page = asker
+                .call("CROWD", "m", json!({"id": "all", "cursor": cursor}))
+                .await;
+        }
+        assert_eq!(pages, MEMBERS / 1000, "via {url}");
+        assert_eq!(seen, expected, "via {url}");
+    }
+    drop(members);
 }
 
 #[tokio::test]
