@@ -4,6 +4,8 @@
 #   crds/realtimeapp.yaml                     `switchboard-operator crd` (the source of truth)
 #   charts/switchboard/crds/realtimeapp.yaml  an identical copy, for `helm install`
 #   manifests/install.yaml                    `helm template` of the chart, plus its Namespace
+#   clients/typescript/examples/<app>/        what `switchboard-server asyncapi` generates
+#                                             for each app in manifests/examples
 #
 # Each of these has a drift test that fails naming this script. The tests are also the
 # generators: with SWITCHBOARD_UPDATE_GENERATED set they write the file instead of
@@ -22,4 +24,5 @@ export PATH="${tools_out##*$'\n'}:$PATH"
 export SWITCHBOARD_UPDATE_GENERATED=1
 cargo test -q -p switchboard-operator --lib crd::tests::checked_in_crds_match_the_generated_one
 cargo test -q -p switchboard-tests --test chart the_chart_lints_and_the_install_bundle_is_current
-git status --short -- crds charts/switchboard/crds manifests/install.yaml
+cargo test -q -p switchboard-server --lib codegen::tests::checked_in_example_documents_match_the_generated_ones
+git status --short -- crds charts/switchboard/crds manifests/install.yaml clients/typescript/examples

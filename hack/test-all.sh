@@ -8,7 +8,9 @@
 #      switchboard-server instances on loopback ports driven by real WebSocket clients
 #      (server/tests/gateway), including the binary itself (flags, exit codes, SIGTERM),
 #      and replicas sharing a real nats-server (server/tests/gateway/nats.rs); the load
-#      generator against a real server (bench/tests)
+#      generator against a real server (bench/tests); the TypeScript client package
+#      (clients/typescript: npm ci from its lockfile, node's test runner against the
+#      server binary; the AsyncAPI documents checked by the official parser)
 #   3. the control plane (tests/, operator/tests): real etcd + kube-apiserver (+
 #      kube-controller-manager's garbage collector): the CRD and its CEL rules, the
 #      operator's reconcile, leader election, the operator binary; the Helm chart
@@ -53,6 +55,14 @@ if [[ -z "$tools_bin" || ! -d "$tools_bin" ]]; then
 fi
 export PATH="$tools_bin:$PATH"
 
+# The TypeScript package needs Node.js 20 or later with npm (packages come from the npm
+# registry, pinned by clients/typescript/package-lock.json, cached in ~/.npm).
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if (( node_major < 20 )) || ! command -v npm >/dev/null 2>&1; then
+  echo "hack/test-all.sh: Node.js >= 20 with npm is required (found: $(node --version 2>&1 || echo none))" >&2
+  exit 1
+fi
+
 # rustfmt and clippy ship as rustup components; install them when missing.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -80,3 +90,6 @@ else
   echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
   cargo test --workspace
 fi
+echo "== tier 2: the TypeScript client package"
+npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+(cd clients/typescript && SWITCHBOARD_SERVER="$PWD/../../target/debug/switchboard-server" npm test --silent)

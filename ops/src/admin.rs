@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and documents the binary
+//! serves (the server's `/asyncapi.json`).
 //!
 //! Kept off any client-facing port so probes and scrapes never compete with clients for
 //! connection slots, and so the port can stay cluster-internal. What "ready" means and
@@ -27,6 +28,10 @@ pub trait AdminState: Send + Sync + 'static {
     fn readiness(&self) -> Result<(), &'static str>;
     /// The OpenMetrics text exposition of every metric.
     fn encode_metrics(&self) -> String;
+    /// A JSON document served at `path`, if the binary has one there.
+    fn json_document(&self, _path: &str) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The OpenMetrics text exposition of `registry`, as both binaries serve it.
@@ -77,10 +82,20 @@ fn respond<B, S: AdminState>(req: &Request<B>, state: &S) -> HttpResponse {
             );
             r
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
-        ),
+        path => match state.json_document(path) {
+            Some(body) => {
+                let mut r = Response::new(Full::new(body));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz or /metrics\n",
+            ),
+        },
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Cli {
 
     /// RealtimeApp manifest to serve (the file `kubectl apply` takes). Default: the
     /// built-in example chat app.
-    #[arg(long, env = "SWITCHBOARD_APP")]
+    #[arg(long, env = "SWITCHBOARD_APP", global = true)]
     pub app: Option<PathBuf>,
 
     /// Where Secrets named by secretRef/publicKeyRef are mounted: `<dir>/<name>/<key>`.
@@ -46,6 +46,18 @@ pub struct Cli {
     /// Check the app (spec, schemas, secrets) and exit: 0 when it would serve.
     #[arg(long)]
     pub check: bool,
+
+    /// Instead of serving, describe the app for its clients.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `switchboard-server` can do besides serving (README, "Clients").
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the app's AsyncAPI 3.0 document (also served at /asyncapi.json on the
+    /// admin port).
+    Asyncapi,
 }
 
 impl Cli {

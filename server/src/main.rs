@@ -4,6 +4,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_ops::telemetry;
+use switchboard_server::codegen::asyncapi;
+use switchboard_server::codegen::catalog::Catalog;
+use switchboard_server::config::Command;
 use switchboard_server::{Cli, Server, ServerConfig, Shutdown};
 
 /// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
@@ -65,6 +68,16 @@ async fn serve_with(cli: Cli) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    if let Some(Command::Asyncapi) = &cli.command {
+        let text = asyncapi::render(&Catalog::new(&app));
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the document: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = ServerConfig {
         listen: cli.listen,
         admin_listen: cli.admin_listen,

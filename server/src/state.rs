@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
+use crate::codegen::asyncapi;
+use crate::codegen::catalog::Catalog;
 use crate::handle::ConnectionHandle;
 use crate::history::HistoryStore;
 use crate::metrics::Metrics;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Fired when the process must stop now (second signal): every connection aborts.
     pub abort_all: CancellationToken,
+    /// The app's AsyncAPI document, served at `/asyncapi.json` on the admin port.
+    asyncapi: bytes::Bytes,
     next_connection: AtomicU64,
 }
 
@@ -61,7 +65,9 @@ impl AppState {
             app.spec.limits.max_connections,
             app.spec.limits.max_connections_per_ip,
         );
+        let asyncapi = asyncapi::render(&Catalog::new(&app)).into();
         Self {
+            asyncapi,
             app,
             instance,
             metrics,
@@ -111,5 +117,9 @@ impl switchboard_ops::admin::AdminState for AppState {
 
     fn encode_metrics(&self) -> String {
         self.metrics.encode()
+    }
+
+    fn json_document(&self, path: &str) -> Option<bytes::Bytes> {
+        (path == "/asyncapi.json").then(|| self.asyncapi.clone())
     }
 }

@@ -325,6 +325,14 @@ impl TopicPattern {
         })
     }
 
+    /// The variables' names, in segment order.
+    pub fn vars(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            PatternSegment::Var(v) => Some(v.as_str()),
+            PatternSegment::Literal(_) => None,
+        })
+    }
+
     pub fn has_var(&self, name: &str) -> bool {
         self.segments
             .contains(&PatternSegment::Var(name.to_owned()))

@@ -380,3 +380,35 @@ async fn an_unreachable_nats_is_logged_once_with_its_cause_then_ever_less_often(
         "the NATS client's own per-attempt lines are shown by default:\n{log}"
     );
 }
+
+/// `switchboard-server asyncapi` prints the document the admin port serves at
+/// `/asyncapi.json`: for the built-in example app, and for `--app` given after the
+/// subcommand. An unknown subcommand is a usage error.
+#[tokio::test]
+async fn asyncapi_prints_what_the_admin_port_serves() {
+    let out = Command::new(BIN).arg("asyncapi").output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["asyncapi"], "3.0.0");
+    assert_eq!(printed["info"]["title"], "chat");
+
+    let served = TestServer::start(TEST_APP).await;
+    let (status, body) = served.admin_get("/asyncapi.json").await;
+    assert_eq!(status, 200, "{body}");
+    let dir = std::env::temp_dir().join(format!("sb-asyncapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("app.yaml");
+    std::fs::write(&file, TEST_APP).unwrap();
+    let out = Command::new(BIN)
+        .args(["asyncapi", "--app", file.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), body);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (code, text) = run_to_end(&["no-such-command"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("unrecognized subcommand"), "{text}");
+}
