@@ -4,7 +4,7 @@
 #   crds/realtimeapp.yaml                     `switchboard-operator crd` (the source of truth)
 #   charts/switchboard/crds/realtimeapp.yaml  an identical copy, for `helm install`
 #   manifests/install.yaml                    `helm template` of the chart, plus its Namespace
-#   clients/typescript/examples/<app>/        what `switchboard-server asyncapi` generates
+#   clients/typescript/examples/<app>/        what `switchboard-server asyncapi` and `codegen typescript` generate
 #                                             for each app in manifests/examples
 #
 # Each of these has a drift test that fails naming this script. The tests are also the

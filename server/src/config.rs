@@ -58,6 +58,23 @@ pub enum Command {
     /// Print the app's AsyncAPI 3.0 document (also served at /asyncapi.json on the
     /// admin port).
     Asyncapi,
+    /// Write a typed client module for the app.
+    Codegen {
+        #[command(subcommand)]
+        target: CodegenTarget,
+    },
+}
+
+/// What `codegen` writes.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum CodegenTarget {
+    /// `<out>/<app>.ts`: Zod schemas, their types and a typed facade for
+    /// `@switchboard/client`.
+    Typescript {
+        /// Directory to write into (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl Cli {

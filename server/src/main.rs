@@ -4,9 +4,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_ops::telemetry;
-use switchboard_server::codegen::asyncapi;
 use switchboard_server::codegen::catalog::Catalog;
-use switchboard_server::config::Command;
+use switchboard_server::codegen::{asyncapi, typescript};
+use switchboard_server::config::{CodegenTarget, Command};
 use switchboard_server::{Cli, Server, ServerConfig, Shutdown};
 
 /// Exit code for a bad flag or an invalid app, as clap uses for usage errors.
@@ -68,15 +68,8 @@ async fn serve_with(cli: Cli) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    if let Some(Command::Asyncapi) = &cli.command {
-        let text = asyncapi::render(&Catalog::new(&app));
-        return match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: cannot write the document: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(command) = &cli.command {
+        return describe(command, &Catalog::new(&app));
     }
     let config = ServerConfig {
         listen: cli.listen,
@@ -134,5 +127,32 @@ fn warn_trailing_newlines(config: &ServerConfig) {
             "warning: {} ends in a newline, which is part of the HMAC key (use printf, not echo)",
             path.display()
         );
+    }
+}
+
+/// Runs a subcommand that describes the app instead of serving it.
+fn describe(command: &Command, catalog: &Catalog<'_>) -> ExitCode {
+    let written = match command {
+        Command::Asyncapi => {
+            let text = asyncapi::render(catalog);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+                .context("cannot write the document to stdout")
+        }
+        Command::Codegen {
+            target: CodegenTarget::Typescript { out },
+        } => {
+            let path = out.join(typescript::file_name(catalog));
+            std::fs::create_dir_all(out)
+                .and_then(|()| std::fs::write(&path, typescript::module(catalog)))
+                .with_context(|| format!("cannot write {}", path.display()))
+                .map(|()| eprintln!("wrote {}", path.display()))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

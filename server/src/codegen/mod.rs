@@ -1,9 +1,10 @@
 //! What is generated from a RealtimeApp for its clients (README, "Clients"): the
 //! [`catalog`] of every message, read once from the spec, and the documents made from
-//! it ([`asyncapi`]).
+//! it: the [`asyncapi`] document and the [`typescript`] module.
 
 pub mod asyncapi;
 pub mod catalog;
+pub mod typescript;
 
 #[cfg(test)]
 mod tests {
@@ -11,8 +12,8 @@ mod tests {
 
     use std::path::{Path, PathBuf};
 
-    use super::asyncapi;
     use super::catalog::Catalog;
+    use super::{asyncapi, typescript};
 
     /// The example RealtimeApps (manifests/examples), by name.
     fn examples() -> Vec<(String, switchboard_spec::CompiledApp)> {
@@ -35,27 +36,36 @@ mod tests {
             .collect()
     }
 
-    /// The generated documents checked in under clients/typescript/examples/<app>/ are
-    /// what the server generates (SWITCHBOARD_UPDATE_GENERATED=1 writes them: see
+    /// What is generated for each example app is checked in under
+    /// clients/typescript/examples/<app>/ (the AsyncAPI document and the TypeScript
+    /// module), and is current (SWITCHBOARD_UPDATE_GENERATED=1 writes them: see
     /// hack/generate.sh).
     #[test]
     fn checked_in_example_documents_match_the_generated_ones() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/typescript/examples");
         let update = std::env::var_os("SWITCHBOARD_UPDATE_GENERATED").is_some();
         for (name, app) in examples() {
-            let path = dir.join(&name).join("asyncapi.json");
-            let generated = asyncapi::render(&Catalog::new(&app));
-            if update {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, &generated).unwrap();
-                continue;
+            let catalog = Catalog::new(&app);
+            for (file, generated) in [
+                ("asyncapi.json".to_owned(), asyncapi::render(&catalog)),
+                (
+                    typescript::file_name(&catalog),
+                    typescript::module(&catalog),
+                ),
+            ] {
+                let path = dir.join(&name).join(file);
+                if update {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(&path, &generated).unwrap();
+                    continue;
+                }
+                let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    checked_in == generated,
+                    "{} is not what the server generates for the {name} example: run bash hack/generate.sh",
+                    path.display()
+                );
             }
-            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                checked_in == generated,
-                "{} is not what the server generates for the {name} example: run bash hack/generate.sh",
-                path.display()
-            );
         }
     }
 
