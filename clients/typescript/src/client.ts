@@ -202,6 +202,8 @@ export class Client {
   private connects = 0;
   /** Set by `$ws:drain`: the server's own wait before reconnecting. */
   private drainDelayMs: number | undefined;
+  /** The token the current connection was opened or last refreshed with. */
+  private currentToken: string | undefined;
   private timers = new Set<ReturnType<typeof setTimeout>>();
   private heartbeat: ReturnType<typeof setInterval> | undefined;
 
@@ -299,7 +301,8 @@ export class Client {
     let protocols = ["switchboard.v1"];
     if (this.options.token !== undefined) {
       try {
-        protocols = ["switchboard.v1", `bearer.${await this.token()}`];
+        this.currentToken = await this.token();
+        protocols = ["switchboard.v1", `bearer.${this.currentToken}`];
       } catch (e) {
         this.reconnectLater(`the token callback failed: ${String(e)}`);
         return;
@@ -317,7 +320,11 @@ export class Client {
       if (this.socket === socket) this.closed(ev.code, ev.reason);
     };
     socket.onerror = () => {
-      // A refused upgrade or a reset; onclose follows and decides.
+      // A refused upgrade: browsers follow with onclose, Node 20's WebSocket does not,
+      // so a socket that never opened is given up here (a later onclose is ignored).
+      if (this.socket === socket && socket.readyState !== OPEN) {
+        this.closed(1006, "the connection failed");
+      }
     };
   }
 
@@ -368,7 +375,7 @@ export class Client {
     this.drainDelayMs = undefined;
     this.setState("open");
     this.startHeartbeat(info.heartbeat);
-    void this.scheduleRefresh();
+    this.scheduleRefresh();
     if (reconnect) {
       for (const s of this.subscriptions) {
         this.sendSubscription(s).then(
@@ -409,7 +416,7 @@ export class Client {
 
   private reconnectLater(_why: string): void {
     if (this.state === "closed") return;
-    this.setState(this.info === undefined && this.attempt === 0 ? "connecting" : "reconnecting");
+    this.setState(this.info === undefined ? "connecting" : "reconnecting");
     const delay = this.drainDelayMs ?? backoffDelay(this.attempt, this.options.backoff);
     this.drainDelayMs = undefined;
     this.attempt++;
@@ -497,16 +504,19 @@ export class Client {
   }
 
   /** With a token callback: `$ws:auth` with a fresh token before this one expires. */
-  private async scheduleRefresh(): Promise<void> {
+  private scheduleRefresh(): void {
     if (typeof this.options.token !== "function") return;
-    const expiry = expiryOf(await this.token().catch(() => ""));
+    const expiry = expiryOf(this.currentToken ?? "");
     if (expiry === undefined) return;
     const lead = this.options.refreshBeforeExpiryMs ?? 30_000;
     const socket = this.socket;
     this.timer(Math.max(0, expiry - lead - Date.now()), () => {
       if (this.socket !== socket || this.state !== "open") return;
       void this.token()
-        .then((token) => this.requestOnce("$ws:auth", { token }, {}))
+        .then(async (token) => {
+          await this.requestOnce("$ws:auth", { token }, {});
+          this.currentToken = token;
+        })
         .then(
           () => this.scheduleRefresh(),
           () => {

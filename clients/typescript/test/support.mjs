@@ -81,11 +81,15 @@ export async function startNats() {
   const child = spawn("nats-server", ["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd", join(dir, "js"), "--ports_file_dir", dir], {
     stdio: "ignore",
   });
-  child.on("error", (e) => {
-    throw new Error(`cannot start nats-server (${e.message}): run bash hack/tools.sh and put its directory on PATH`);
-  });
+  const failed = new Promise((_, reject) =>
+    child.on("error", (e) =>
+      reject(new Error(`cannot start nats-server (${e.message}): run bash hack/tools.sh and put the directory it prints on PATH`)),
+    ),
+  );
+  failed.catch(() => {});
   const portsFile = () => join(dir, `nats-server_${child.pid}.ports`);
   for (let i = 0; i < 200; i++) {
+    await Promise.race([failed, sleep(0)]);
     if (existsSync(portsFile())) {
       const ports = JSON.parse(readFileSync(portsFile(), "utf8"));
       if (ports.nats?.[0]) {
