@@ -6,6 +6,8 @@
 #   manifests/install.yaml                    `helm template` of the chart, plus its Namespace
 #   clients/typescript/examples/<app>/        what `switchboard-server asyncapi` and `codegen typescript` generate
 #                                             for each app in manifests/examples
+#   server/demo/demo.js                       the demo page's bundle (`npm run build:demo`),
+#                                             after the chat module above
 #
 # Each of these has a drift test that fails naming this script. The tests are also the
 # generators: with SWITCHBOARD_UPDATE_GENERATED set they write the file instead of
@@ -25,4 +27,6 @@ export SWITCHBOARD_UPDATE_GENERATED=1
 cargo test -q -p switchboard-operator --lib crd::tests::checked_in_crds_match_the_generated_one
 cargo test -q -p switchboard-tests --test chart the_chart_lints_and_the_install_bundle_is_current
 cargo test -q -p switchboard-server --lib codegen::tests::checked_in_example_documents_match_the_generated_ones
-git status --short -- crds charts/switchboard/crds manifests/install.yaml clients/typescript/examples
+npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+npm --prefix clients/typescript run --silent build:demo
+git status --short -- crds charts/switchboard/crds manifests/install.yaml clients/typescript/examples server/demo

@@ -10,7 +10,8 @@
 #      and replicas sharing a real nats-server (server/tests/gateway/nats.rs); the load
 #      generator against a real server (bench/tests); the TypeScript client package
 #      (clients/typescript: npm ci from its lockfile, node's test runner against the
-#      server binary; the AsyncAPI documents checked by the official parser)
+#      server binary and nats-server; the AsyncAPI documents checked by the official
+#      parser; the demo page in Debian's chromium, from hack/browser.sh)
 #   3. the control plane (tests/, operator/tests): real etcd + kube-apiserver (+
 #      kube-controller-manager's garbage collector): the CRD and its CEL rules, the
 #      operator's reconcile, leader election, the operator binary; the Helm chart
@@ -91,5 +92,10 @@ else
   cargo test --workspace
 fi
 echo "== tier 2: the TypeScript client package"
+if ! browser_out=$(bash hack/browser.sh); then
+  echo "hack/test-all.sh: hack/browser.sh failed (see its messages above)" >&2
+  exit 1
+fi
 npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
-(cd clients/typescript && SWITCHBOARD_SERVER="$PWD/../../target/debug/switchboard-server" npm test --silent)
+(cd clients/typescript && CHROMIUM="${browser_out##*$'\n'}" \
+  SWITCHBOARD_SERVER="$PWD/../../target/debug/switchboard-server" npm test --silent)

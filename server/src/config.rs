@@ -47,6 +47,11 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// Serve the demo page of the example chat app at / beside /ws. On by default
+    /// when serving the built-in app.
+    #[arg(long, env = "SWITCHBOARD_DEMO")]
+    pub demo: bool,
+
     /// Instead of serving, describe the app for its clients.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -85,6 +90,11 @@ impl Cli {
         }
     }
 
+    /// Whether to serve the demo page: asked for, or the built-in app is served.
+    pub fn serves_demo(&self) -> bool {
+        self.demo || self.app.is_none()
+    }
+
     pub fn instance_name(&self) -> String {
         switchboard_ops::instance::instance_name(self.instance.as_deref(), || {
             format!("switchboard-{:08x}", rand::random::<u32>())
@@ -101,4 +111,6 @@ pub struct ServerConfig {
     pub instance: String,
     /// `--nats-url`, else `spec.nats.url`, else none (in-process bus).
     pub nats_url: Option<String>,
+    /// Serve the demo page at `/` (see [`crate::demo`]).
+    pub demo: bool,
 }

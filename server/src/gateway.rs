@@ -69,6 +69,12 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
 
 fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
     if req.uri().path() != "/ws" {
+        if state.demo
+            && req.method() == Method::GET
+            && let Some(page) = crate::demo::page(req.uri().path())
+        {
+            return page;
+        }
         return error_response(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,

@@ -15,6 +15,7 @@ pub mod bus;
 pub mod codegen;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod drain;
 pub mod frame_watch;
 pub mod gateway;

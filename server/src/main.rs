@@ -78,6 +78,7 @@ async fn serve_with(cli: Cli) -> ExitCode {
         secrets_dir: cli.secrets_dir.clone(),
         instance: cli.instance_name(),
         nats_url: cli.nats_url.clone(),
+        demo: cli.serves_demo(),
     };
     if cli.check {
         return match switchboard_server::auth::Authenticator::load(

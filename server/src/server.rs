@@ -47,6 +47,7 @@ impl Server {
             &config.secrets_dir,
         )?;
         let instance: Arc<str> = Arc::from(config.instance);
+        let demo = config.demo;
         let metrics = Arc::new(Metrics::new(&app));
         let nats_url = config
             .nats_url
@@ -61,7 +62,7 @@ impl Server {
         };
         let (bus_instance, bus_metrics) = (instance.clone(), metrics.clone());
         let presence_client = nats.as_ref().map(|n| n.client());
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             app,
             instance,
             auth,
@@ -87,7 +88,9 @@ impl Server {
                     HistoryStore::Memory(TopicHistory::new()),
                 ),
             },
-        ));
+        );
+        state.demo = demo;
+        let state = Arc::new(state);
         if let Some(client) = presence_client
             && state.app.topics.iter().any(|t| t.presence.is_some())
         {
@@ -130,6 +133,9 @@ impl Server {
             ws = %self.ws.local_addr()?, admin = %self.admin.local_addr()?,
             app = %state.app.name, instance = %state.instance, "serving"
         );
+        if state.demo {
+            info!(url = %format!("http://{}/", self.ws.local_addr()?), "demo page");
+        }
         let stop_accepting = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let ws_task = tokio::spawn(gateway::accept_loop(

@@ -47,6 +47,8 @@ pub struct AppState {
     pub abort_all: CancellationToken,
     /// The app's AsyncAPI document, served at `/asyncapi.json` on the admin port.
     asyncapi: bytes::Bytes,
+    /// Serve the demo page beside `/ws` (`--demo`; see [`crate::demo`]).
+    pub demo: bool,
     next_connection: AtomicU64,
 }
 
@@ -68,6 +70,7 @@ impl AppState {
         let asyncapi = asyncapi::render(&Catalog::new(&app)).into();
         Self {
             asyncapi,
+            demo: false,
             app,
             instance,
             metrics,

@@ -82,6 +82,8 @@ export interface SubscribeOptions {
    * `recovered: false`): reload the state from your own store.
    */
   onRecoveryFailed?: (reason: string | undefined, subscription: Subscription) => void;
+  /** Called after every renewal's ack (after a reconnect), with `recovered` / `reason` set. */
+  onResubscribed?: (subscription: Subscription) => void;
 }
 
 /** The bits of the WebSocket API the client uses (browsers and Node ≥ 20 have it). */
@@ -379,7 +381,10 @@ export class Client {
     if (reconnect) {
       for (const s of this.subscriptions) {
         this.sendSubscription(s).then(
-          (ack) => s.acked(asRecord(ack.payload)),
+          (ack) => {
+            s.acked(asRecord(ack.payload));
+            s.options.onResubscribed?.(s);
+          },
           () => {
             // Lost again before the ack: the next open resubscribes.
           },

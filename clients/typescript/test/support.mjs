@@ -38,8 +38,8 @@ export function exampleApps() {
 }
 
 /** Starts `switchboard-server` on ephemeral loopback ports; resolves once it serves. */
-export async function startServer({ app, args = [], env = {} } = {}) {
-  const argv = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", ...args];
+export async function startServer({ app, args = [], env = {}, listen = "127.0.0.1:0" } = {}) {
+  const argv = ["--listen", listen, "--admin-listen", "127.0.0.1:0", ...args];
   if (app) argv.push("--app", app);
   const child = spawn(serverBin(), argv, {
     env: { ...process.env, RUST_LOG: "info", ...env },

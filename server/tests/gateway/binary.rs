@@ -412,3 +412,33 @@ async fn asyncapi_prints_what_the_admin_port_serves() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("unrecognized subcommand"), "{text}");
 }
+
+/// The built-in app serves the demo page beside `/ws`; an app of one's own does not
+/// unless `--demo` asks, so a real app's listener answers nothing but `/ws`.
+#[tokio::test]
+async fn the_demo_page_is_served_for_the_built_in_app_only() {
+    let server = start_default_app().await;
+    let ws: std::net::SocketAddr = server
+        .ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let (status, page) = http_get(ws, "/").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("<script type=\"module\" src=\"/demo.js\">"),
+        "{page}"
+    );
+    let (status, script) = http_get(ws, "/demo.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        script.contains("BOARD_HISTORY"),
+        "the bundle holds the generated chat module"
+    );
+    assert!(server.log.lock().unwrap().contains("demo page"));
+
+    let own = TestServer::start(TEST_APP).await;
+    let (status, body) = http_get(own.ws, "/").await;
+    assert_eq!(status, 404, "{body}");
+}

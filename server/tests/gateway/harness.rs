@@ -166,6 +166,7 @@ impl TestServer {
             secrets_dir: secrets.clone(),
             instance: instance.into(),
             nats_url: nats_url.map(str::to_owned),
+            demo: false,
         })
         .await
         .unwrap();
