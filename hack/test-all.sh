@@ -85,7 +85,7 @@ cargo deny --offline check licenses bans sources
 cargo build --workspace --bins
 if $fast; then
   echo "== tier 2: unit and server integration tests (nats-server)"
-  cargo test -p switchboard-spec -p switchboard-ops -p switchboard-server -p switchboard-bench
+  cargo test -p switchboard-spec -p switchboard-ops -p switchboard-server -p switchboard-bench -p switchboard-client
   cargo test -p switchboard-operator --lib
 else
   echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"

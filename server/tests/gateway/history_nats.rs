@@ -19,7 +19,7 @@ async fn replica(nats: &NatsServer, name: &str) -> TestServer {
     replica_of(HISTORY_APP, nats, name).await
 }
 
-async fn replica_of(yaml: &str, nats: &NatsServer, name: &str) -> TestServer {
+pub async fn replica_of(yaml: &str, nats: &NatsServer, name: &str) -> TestServer {
     let s = TestServer::start_on(yaml, Some(&nats.url()), name).await;
     for _ in 0..200 {
         if s.admin_get("/readyz").await.0 == 200 {
