@@ -1,6 +1,7 @@
 //! The connection task: one socket at a time, and what happens between them.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -48,6 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok((socket, token)) => {
                 opened_once = true;
                 attempt = 0;
+                shared.refresh_refused.store(false, Ordering::Relaxed);
                 session(&shared, socket, token, &mut drain_delay).await
             }
             Err(_) => Ended::Closed(1006),
@@ -64,7 +66,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ended::ByClient => return,
             Ended::Closed(code) => code,
         };
-        let refreshable = matches!(shared.options.token, Some(TokenSource::Callback(_)));
+        let refreshable = matches!(shared.options.token, Some(TokenSource::Callback(_)))
+            && !shared.refresh_refused.load(Ordering::Relaxed);
         if TERMINAL.contains(&code) || (code == TOKEN_EXPIRED && !refreshable) {
             shared.state.send_replace(State::Closed);
             shared.fail_pending(
@@ -222,8 +225,17 @@ async fn session(
                         meta: [("correlationId".to_owned(), Value::String(id.clone()))].into_iter().collect(),
                         payload: json!({"token": fresh}),
                     };
-                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let (tx, rx) = tokio::sync::oneshot::channel();
                     lock(&shared.pending).insert(id, Pending { answer: tx, sent: true });
+                    let watcher = shared.clone();
+                    tokio::spawn(async move {
+                        // Refused by the server: the 4401 at expiry will be final.
+                        if let Ok(Err(e)) = rx.await
+                            && (e.code == "UNAUTHENTICATED" || e.code == "PERMISSION_DENIED")
+                        {
+                            watcher.refresh_refused.store(true, Ordering::Relaxed);
+                        }
+                    });
                     if write(&mut socket, &frame).await.is_err() {
                         return Ended::Closed(1006);
                     }

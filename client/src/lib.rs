@@ -129,6 +129,8 @@ struct Shared {
     listeners: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Frame>>>>,
     next_id: AtomicU64,
     closing: CancellationToken,
+    /// The server refused this connection's last `$ws:auth`: its 4401 is final.
+    refresh_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Locks, recovering the data of a poisoned lock (a panicking holder leaves nothing
@@ -177,6 +179,7 @@ impl Client {
             listeners: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closing: CancellationToken::new(),
+            refresh_refused: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(connection::run(shared.clone()));
         Self { shared }

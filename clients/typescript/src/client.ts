@@ -206,6 +206,8 @@ export class Client {
   private drainDelayMs: number | undefined;
   /** The token the current connection was opened or last refreshed with. */
   private currentToken: string | undefined;
+  /** The server refused this connection's last `$ws:auth`: its 4401 is final. */
+  private refreshRefused = false;
   private timers = new Set<ReturnType<typeof setTimeout>>();
   private heartbeat: ReturnType<typeof setInterval> | undefined;
 
@@ -374,6 +376,7 @@ export class Client {
     const reconnect = this.attempt > 0 || this.info !== undefined;
     this.info = info;
     this.attempt = 0;
+    this.refreshRefused = false;
     this.drainDelayMs = undefined;
     this.setState("open");
     this.startHeartbeat(info.heartbeat);
@@ -412,7 +415,7 @@ export class Client {
     );
     if (this.state === "closed") return;
     const refreshable = typeof this.options.token === "function";
-    if (this.terminal.has(code) || (code === TOKEN_EXPIRED && !refreshable)) {
+    if (this.terminal.has(code) || (code === TOKEN_EXPIRED && (!refreshable || this.refreshRefused))) {
       this.setState("closed");
       return;
     }
@@ -524,8 +527,12 @@ export class Client {
         })
         .then(
           () => this.scheduleRefresh(),
-          () => {
-            // Refused: the server closes with 4401 at expiry, and the reconnect asks again.
+          (e: unknown) => {
+            // The server refused the new token: its 4401 at expiry is final. (A
+            // callback that failed, or a lost answer, leaves the reconnect to ask again.)
+            if (e instanceof SwitchboardError && (e.code === "UNAUTHENTICATED" || e.code === "PERMISSION_DENIED")) {
+              this.refreshRefused = true;
+            }
           },
         );
     });

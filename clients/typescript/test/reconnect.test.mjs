@@ -78,12 +78,7 @@ function token(sub, lifetimeMs) {
 }
 
 test("a token callback refreshes before expiry: the connection outlives the first token", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "sb-ts-refresh-"));
-  mkdirSync(join(dir, "secrets/jwt"), { recursive: true });
-  writeFileSync(join(dir, "secrets/jwt/secret"), SECRET);
-  writeFileSync(join(dir, "app.yaml"), APP);
-  const server = await startServer({ app: join(dir, "app.yaml"), args: ["--secrets-dir", join(dir, "secrets")] });
-  t.after(() => server.stop());
+  const server = await refreshApp(t);
   let minted = 0;
   const states = [];
   const client = new Client({
@@ -105,4 +100,39 @@ test("a token callback refreshes before expiry: the connection outlives the firs
   assert.ok(minted >= 3, `${minted} tokens minted`);
   const ack = await client.request("JOIN", { id: "x" });
   assert.equal(ack.payload.topic, "room:x");
+});
+
+async function refreshApp(t) {
+  const dir = mkdtempSync(join(tmpdir(), "sb-ts-refresh-"));
+  mkdirSync(join(dir, "secrets/jwt"), { recursive: true });
+  writeFileSync(join(dir, "secrets/jwt/secret"), SECRET);
+  writeFileSync(join(dir, "app.yaml"), APP);
+  const server = await startServer({ app: join(dir, "app.yaml"), args: ["--secrets-dir", join(dir, "secrets")] });
+  t.after(() => server.stop());
+  return server;
+}
+
+test("after a 4401 a token callback reconnects with a fresh token; a fixed token stays closed", async (t) => {
+  const server = await refreshApp(t);
+  const states = [];
+  // Refreshing only long after expiry, so the server's 4401 comes first.
+  const client = new Client({
+    url: server.ws,
+    token: () => token("alice", 1500),
+    refreshBeforeExpiryMs: -60_000,
+    backoff: { initialMs: 10, maxMs: 50 },
+  });
+  t.after(() => client.close());
+  client.onState((s) => states.push(s));
+  await client.ready();
+  const room = await client.subscribe("JOIN", { id: "x" });
+  await eventually("a reconnect after 4401", 8000, () => states.includes("reconnecting") && client.state === "open");
+  assert.equal(room.topic, "room:x");
+  const ack = await client.request("JOIN", { id: "y" });
+  assert.equal(ack.payload.topic, "room:y");
+
+  const fixed = new Client({ url: server.ws, token: token("bob", 1500), backoff: { initialMs: 10, maxMs: 50 } });
+  t.after(() => fixed.close());
+  await fixed.ready();
+  await eventually("closed after 4401", 8000, () => fixed.state === "closed");
 });
