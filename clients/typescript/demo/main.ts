@@ -40,8 +40,8 @@ client.onState((s) => {
   document.body.dataset.state = s;
 });
 app.on.BOARD_NOTE((note, meta) => show(note.text, meta.publisher, meta.offset));
-client.on("$ws:join", () => void countMembers());
-client.on("$ws:leave", () => void countMembers());
+app.joined(() => void countMembers());
+app.left(() => void countMembers());
 
 async function start(): Promise<void> {
   const info = await client.ready();

@@ -74,6 +74,16 @@ pub fn module(catalog: &Catalog<'_>) -> String {
         );
     }
 
+    let join_leave = catalog.channels.iter().any(|c| c.join_leave);
+    if join_leave {
+        schema_const(
+            &mut out,
+            "PresenceMember",
+            "Who joined or left a presence topic with joinLeave ($ws:join / $ws:leave; meta.topic names the topic).",
+            &super::catalog::member(),
+        );
+    }
+
     let facade = camel(&app.name);
     let _ = writeln!(
         out,
@@ -130,7 +140,19 @@ pub fn module(catalog: &Catalog<'_>) -> String {
              }}),"
         );
     }
-    out.push_str("    },\n  };\n}\n");
+    out.push_str("    },\n");
+    if join_leave {
+        for (key, frame) in [("joined", "$ws:join"), ("left", "$ws:leave")] {
+            let _ = writeln!(
+                out,
+                "    /** `{frame}` on the app's presence topics with joinLeave. */\n    \
+                 {key}: (handler: (member: PresenceMember, meta: FrameMeta) => void): (() => void) =>\n      \
+                 client.on({}, (frame) => handler(frame.payload as PresenceMember, frame.meta ?? {{}})),",
+                quote(frame)
+            );
+        }
+    }
+    out.push_str("  };\n}\n");
     out
 }
 

@@ -208,6 +208,13 @@ export const BoardNoteDelivery = z.strictObject({
 });
 export type BoardNoteDelivery = z.infer<typeof BoardNoteDelivery>;
 
+/** Who joined or left a presence topic with joinLeave ($ws:join / $ws:leave; meta.topic names the topic). */
+export const PresenceMember = z.looseObject({
+  "connectionId": z.string(),
+  "userId": z.string(),
+});
+export type PresenceMember = z.infer<typeof PresenceMember>;
+
 /** The app's routes and deliveries, typed, on `client`. Payloads are checked before they are sent. */
 export function chat(client: Client) {
   return {
@@ -374,5 +381,11 @@ export function chat(client: Client) {
           else invalid?.(checked.error, frame.payload);
         }),
     },
+    /** `$ws:join` on the app's presence topics with joinLeave. */
+    joined: (handler: (member: PresenceMember, meta: FrameMeta) => void): (() => void) =>
+      client.on("$ws:join", (frame) => handler(frame.payload as PresenceMember, frame.meta ?? {})),
+    /** `$ws:leave` on the app's presence topics with joinLeave. */
+    left: (handler: (member: PresenceMember, meta: FrameMeta) => void): (() => void) =>
+      client.on("$ws:leave", (frame) => handler(frame.payload as PresenceMember, frame.meta ?? {})),
   };
 }
