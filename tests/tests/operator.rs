@@ -185,14 +185,7 @@ async fn the_operator_reconciles_a_realtime_app() -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"limits": {"maxPayloadBytes": 8192}}})),
     )
     .await?;
-    eventually("Degraded to clear", 15, || async {
-        apps.get("chat")
-            .await
-            .ok()
-            .and_then(|a| condition(&a, "Degraded"))
-            .filter(|c| c.0 == "False")
-    })
-    .await;
+    degraded_clears(&apps).await;
 
     // A deleted child comes back.
     services.delete("chat", &DeleteParams::default()).await?;
@@ -298,6 +291,18 @@ async fn degraded_with(apps: &Api<RealtimeApp>, reason: &str) -> (String, String
     .await
 }
 
+/// Waits for the app's Degraded condition to be False again.
+async fn degraded_clears(apps: &Api<RealtimeApp>) {
+    eventually("Degraded to clear", 20, || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| condition(&a, "Degraded"))
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+}
+
 /// Touches the app so the operator reconciles it now (a NATS change is no watch event).
 async fn nudge(apps: &Api<RealtimeApp>, value: &str) -> anyhow::Result<()> {
     let patch = json!({"metadata": {"annotations": {"test/nudge": value}}});
@@ -360,14 +365,7 @@ async fn the_history_stream_is_in_place_before_a_spec_rolls_out() -> anyhow::Res
         info.config.max_messages_per_subject, 100,
         "the boards' size"
     );
-    eventually("Degraded to clear", 20, || async {
-        apps.get("chat")
-            .await
-            .ok()
-            .and_then(|a| condition(&a, "Degraded"))
-            .filter(|c| c.0 == "False")
-    })
-    .await;
+    degraded_clears(&apps).await;
 
     // A change JetStream cannot make on the running app (a byte bound far beyond
     // any storage): Degraded, the running Deployment untouched, the stream as it was.
