@@ -91,11 +91,16 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
-    match upgrade(&mut req, state, peer) {
+    let client = if state.app.trusted_proxies.is_empty() {
+        peer.ip()
+    } else {
+        crate::client_addr::client_ip(peer.ip(), req.headers(), &state.app.trusted_proxies)
+    };
+    match upgrade(&mut req, state, peer, client) {
         Ok(response) => response,
         Err(refused) => {
             state.metrics.gateway.rejected.inc(refused.reason);
-            log_refusal(&refused, peer);
+            log_refusal(&refused, peer, client);
             refused.response
         }
     }
@@ -142,12 +147,13 @@ static REFUSAL_LOG: LogBudget = LogBudget::new(10);
 /// One info line per refused upgrade (within [`REFUSAL_LOG`]), so an operator can see
 /// why a client cannot connect: the client itself often shows only the status. The
 /// message is the one the client gets, which never contains the token.
-fn log_refusal(refused: &Refusal, peer: SocketAddr) {
+fn log_refusal(refused: &Refusal, peer: SocketAddr, client: std::net::IpAddr) {
     if let Some(suppressed) = REFUSAL_LOG.admit(std::time::Instant::now()) {
         info!(
             status = refused.response.status().as_u16(),
             reason = refused.reason.as_str(),
             peer = %peer,
+            client = %client,
             message = %refused.message,
             suppressed_since_last = suppressed,
             "upgrade refused"
@@ -183,10 +189,12 @@ impl Refusal {
     }
 }
 
+/// `client`: the peer, or whom a trusted proxy says it forwards for.
 fn upgrade(
     req: &mut Request<Incoming>,
     state: &Arc<AppState>,
     peer: SocketAddr,
+    client: std::net::IpAddr,
 ) -> Result<HttpResponse, Refused> {
     check_handshake(req)?;
     if state.is_draining() {
@@ -201,7 +209,7 @@ fn upgrade(
         ));
     }
     check_origin(req, state)?;
-    let guard = state.admission.try_admit(peer.ip()).map_err(|full| {
+    let guard = state.admission.try_admit(client).map_err(|full| {
         Box::new(match full {
             AdmissionRefusal::PodFull => Refusal::new(
                 RejectReason::Capacity,
@@ -267,7 +275,7 @@ fn upgrade(
         handle,
         user_id: Arc::from(authed.identity.user_id.as_str()),
         identity: authed.identity,
-        ip: peer.ip(),
+        ip: client,
         subscriptions: HashSet::new(),
         buckets: ConnectionBuckets::default(),
         liveness: Arc::new(Liveness::new(authed.expires_at)),
@@ -280,6 +288,7 @@ fn upgrade(
             connection.id = %handle_id,
             user.id = %authed_user,
             peer = %peer,
+            client = %client,
             instance = %state.instance,
         ),
     };

@@ -12,6 +12,7 @@ pub mod actions;
 pub mod admission;
 pub mod auth;
 pub mod bus;
+pub mod client_addr;
 pub mod codegen;
 pub mod config;
 pub mod connection;

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use jsonschema::Validator;
 use serde_json::Value;
 
@@ -117,6 +118,8 @@ pub struct CompiledApp {
     /// Token buckets; routes refer to them by index.
     pub buckets: Vec<Bucket>,
     pub jwt: Option<JwtPolicy>,
+    /// `spec.network.trustedProxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl CompiledApp {
@@ -221,6 +224,7 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
     let topics = compile_topics(spec, &mut p);
     let routes = compile_routes(spec, &buckets, &topics, &mut p);
     let jwt = compile_jwt(spec, &mut p);
+    let trusted_proxies = compile_network(spec, &mut p);
     if !p.0.is_empty() {
         let type_at = |i: usize| spec.routes.get(i).map(|r| r.message_type.clone());
         return Err(SpecErrors(
@@ -235,7 +239,35 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
         topics,
         buckets,
         jwt,
+        trusted_proxies,
     })
+}
+
+/// `spec.network`: each trusted proxy a CIDR or a single address.
+fn compile_network(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<IpNet> {
+    let Some(network) = &spec.network else {
+        return Vec::new();
+    };
+    let mut nets = Vec::new();
+    for (i, text) in network.trusted_proxies.iter().enumerate() {
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => p.add(
+                format!("spec.network.trustedProxies[{i}]"),
+                format!("{text:?} is not a CIDR or an address (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)"),
+            ),
+        }
+    }
+    if network.proxy_protocol && network.trusted_proxies.is_empty() {
+        p.add(
+            "spec.network.proxyProtocol",
+            "needs spec.network.trustedProxies: the load balancers' addresses (0.0.0.0/0 and ::/0 to believe every peer)",
+        );
+    }
+    nets
 }
 
 fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {

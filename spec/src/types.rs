@@ -90,6 +90,9 @@ pub struct RealtimeAppSpec {
     /// Browser origins allowed to open a WebSocket. Absent: any origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_origins: Option<Vec<String>>,
+    /// What stands between clients and the pods (proxies, load balancers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
     #[serde(default)]
@@ -151,6 +154,24 @@ pub struct NatsSettings {
     /// 256 MiB when absent. The oldest publications go first when it is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_max_bytes: Option<u64>,
+}
+
+/// Where a client's address comes from when proxies stand in front of the pods
+/// (README, "Behind proxies").
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Peers (CIDRs, or single addresses) whose `X-Forwarded-For` / `Forwarded`
+    /// headers are believed: the client is the rightmost hop not in this list. From
+    /// any other peer those headers are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub trusted_proxies: Vec<String>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header, as cloud load
+    /// balancers send it; its source address is the client's when the peer is a
+    /// trusted proxy. Needs `trustedProxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -1271,3 +1271,22 @@ fn shape_errors_are_in_yaml_words_not_rust_type_names() {
         "invalid type: an object, expected a list",
     );
 }
+
+#[test]
+fn trusted_proxies_are_cidrs_or_addresses_and_the_proxy_protocol_needs_them() {
+    let app = compiles(&with_spec(
+        "network: {trustedProxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"]}",
+    ));
+    assert_eq!(app.trusted_proxies.len(), 3);
+    assert!(app.trusted_proxies[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+    let errs = errors(&with_spec(
+        "network: {trustedProxies: [10.0.0.0/8, ten-dot-oh]}",
+    ));
+    assert_has(&errs, "spec.network.trustedProxies[1]", "not a CIDR");
+    let errs = errors(&with_spec("network: {proxyProtocol: true}"));
+    assert_has(
+        &errs,
+        "spec.network.proxyProtocol",
+        "needs spec.network.trustedProxies",
+    );
+}

@@ -16,4 +16,5 @@ mod history_nats;
 mod limits;
 mod nats;
 mod protocol;
+mod proxies;
 mod routing;
