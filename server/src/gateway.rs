@@ -42,28 +42,59 @@ pub use switchboard_ops::admin::HttpResponse;
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let handshake_timeout =
         Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
-    switchboard_ops::listener::accept_until(listener, stop, "websocket", move |stream, peer| {
-        let state = state.clone();
-        async move {
-            let _ = stream.set_nodelay(true);
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            // The connection future ends once the upgrade is handed over, so this bounds
-            // the handshake only; the WebSocket runs on in its own task.
-            match tokio::time::timeout(handshake_timeout, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
-                Err(_) => debug!(%peer, "handshake timed out"),
+    switchboard_ops::listener::accept_until(
+        listener,
+        stop,
+        "websocket",
+        move |mut stream, tcp_peer| {
+            let state = state.clone();
+            async move {
+                let _ = stream.set_nodelay(true);
+                // With the PROXY protocol, the header says whose connection this is; it is
+                // believed only from a trusted proxy.
+                let mut peer = tcp_peer;
+                if state
+                    .app
+                    .spec
+                    .network
+                    .as_ref()
+                    .is_some_and(|n| n.proxy_protocol)
+                {
+                    match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
+                        Ok(Some(source))
+                            if crate::client_addr::is_trusted(
+                                tcp_peer.ip(),
+                                &state.app.trusted_proxies,
+                            ) =>
+                        {
+                            peer = source;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            debug!(peer = %tcp_peer, error = %e, "connection closed before HTTP");
+                            return;
+                        }
+                    }
+                }
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(handshake_timeout)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                // The connection future ends once the upgrade is handed over, so this bounds
+                // the handshake only; the WebSocket runs on in its own task.
+                match tokio::time::timeout(handshake_timeout, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
+                    Err(_) => debug!(%peer, "handshake timed out"),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

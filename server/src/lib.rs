@@ -30,6 +30,7 @@ pub mod policy;
 pub mod presence;
 pub mod presence_nats;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod refresh;
 pub mod router;

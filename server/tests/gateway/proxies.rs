@@ -74,3 +74,79 @@ async fn a_forwarded_header_from_an_untrusted_peer_is_ignored() {
     );
     server.stop().await;
 }
+
+/// The test app with the PROXY protocol on, believing `trusted`.
+fn proxied_app(trusted: &str) -> String {
+    app(trusted).replace(
+        "network: {trustedProxies:",
+        "network: {proxyProtocol: true, trustedProxies:",
+    )
+}
+
+/// Connects, sends `header` first, then the upgrade; the WebSocket, or the HTTP status
+/// (0 when the connection was closed before any answer).
+async fn connect_proxied(
+    server: &TestServer,
+    header: &[u8],
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(server.ws).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let req = server.url().into_client_request().unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(_) => Err(0),
+    }
+}
+
+fn v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&source);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&8080u16.to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client_when_the_balancer_is_trusted() {
+    let server = TestServer::start(&proxied_app("127.0.0.1/32")).await;
+    let _a = connect_proxied(&server, b"PROXY TCP4 203.0.113.1 127.0.0.1 40000 8080\r\n")
+        .await
+        .unwrap();
+    let _b = connect_proxied(&server, &v2([198, 51, 100, 2], 40001))
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_proxied(&server, &v2([203, 0, 113, 1], 40002))
+            .await
+            .err(),
+        Some(429),
+        "v1 and v2 name the same client"
+    );
+    // A balancer health check (v2 LOCAL) is the balancer's own connection.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let _health = connect_proxied(&server, &local).await.unwrap();
+    // Without a header the connection is closed before HTTP.
+    assert_eq!(connect_proxied(&server, b"").await.err(), Some(0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_from_an_untrusted_peer_is_ignored() {
+    let server = TestServer::start(&proxied_app("10.0.0.0/8")).await;
+    let _a = connect_proxied(&server, b"PROXY TCP4 203.0.113.1 127.0.0.1 40000 8080\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_proxied(&server, b"PROXY TCP4 203.0.113.2 127.0.0.1 40001 8080\r\n")
+            .await
+            .err(),
+        Some(429),
+        "both are 127.0.0.1's"
+    );
+    server.stop().await;
+}
