@@ -13,16 +13,9 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { Client } from "../dist/src/index.js";
 import { chat } from "../dist/examples/chat/chat.js";
-import { startNats, startServer, eventually, repoRoot } from "./support.mjs";
+import { startNats, startServer, eventually, ready, repoRoot } from "./support.mjs";
 
 const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-
-async function ready(server) {
-  await eventually(`${server.ws} ready`, 20_000, async () => {
-    const r = await fetch(`${server.admin}/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
-}
 
 const notesOf = (page) => page.$$eval("#notes li", (items) => items.map((li) => li.textContent.split(": ").slice(1).join(": ")));
 

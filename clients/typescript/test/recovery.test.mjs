@@ -7,14 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Client } from "../dist/src/index.js";
 import { chat } from "../dist/examples/chat/chat.js";
-import { startNats, startServer, eventually, sleep } from "./support.mjs";
-
-async function ready(server) {
-  await eventually(`${server.ws} ready`, 20_000, async () => {
-    const r = await fetch(`${server.admin}/readyz`).catch(() => undefined);
-    return r?.status === 200;
-  });
-}
+import { startNats, startServer, eventually, ready, sleep } from "./support.mjs";
 
 test("a subscriber recovers every publication across a drain", async (t) => {
   const nats = await startNats();

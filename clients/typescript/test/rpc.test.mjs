@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { connect, JSONCodec } from "nats";
 import { Client, SwitchboardError } from "../dist/src/index.js";
 import { chat } from "../dist/examples/chat/chat.js";
-import { startNats, startServer, eventually } from "./support.mjs";
+import { startNats, startServer, ready } from "./support.mjs";
 
 const codec = JSONCodec();
 
@@ -33,7 +33,7 @@ test("requests reach a backend over NATS and come back typed", async (t) => {
   t.after(() => nats.stop());
   const server = await startServer({ args: ["--nats-url", nats.url] });
   t.after(() => server.stop());
-  await eventually("ready", 20_000, async () => (await fetch(`${server.admin}/readyz`)).status === 200);
+  await ready(server);
   const client = new Client({ url: server.ws, backoff: { initialMs: 50, maxMs: 200 } });
   t.after(() => client.close());
   const app = chat(client);

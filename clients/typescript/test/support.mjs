@@ -122,3 +122,11 @@ export async function eventually(what, ms, check) {
     await sleep(25);
   }
 }
+
+/** Waits until the server's /readyz answers 200 (its NATS bus and history stream in place). */
+export async function ready(server) {
+  await eventually(`${server.ws} ready`, 20_000, async () => {
+    const r = await fetch(`${server.admin}/readyz`).catch(() => undefined);
+    return r?.status === 200;
+  });
+}

@@ -43,10 +43,7 @@ pub fn document(catalog: &Catalog<'_>) -> Value {
 
     for route in &catalog.routes {
         let key = message_key(&route.message_type);
-        let summary = match &route.topic {
-            Some(topic) => format!("{} {topic}", route.action),
-            None => route.action.to_owned(),
-        };
+        let summary = route.summary();
         messages.insert(
             key.clone(),
             message(&route.message_type, &summary, &route.payload, None),

@@ -3,7 +3,7 @@
 //! once, for the AsyncAPI document and the generated clients alike.
 
 use serde_json::{Value, json};
-use switchboard_spec::{CompiledApp, RouteSpec, TopicTemplate};
+use switchboard_spec::{CompiledApp, RouteSpec, TopicAction, TopicTemplate};
 
 /// One route, as a client sees it: what to send, and what comes back.
 pub struct RouteEntry {
@@ -11,8 +11,8 @@ pub struct RouteEntry {
     pub message_type: String,
     /// JSON Schema of its payload (`{}`, anything, when the route declares none).
     pub payload: Value,
-    /// What the route does, for docs and extensions (`subscribe`, `publish`, ...).
-    pub action: &'static str,
+    /// What the route does: it decides the answer's schema.
+    pub action: Action,
     /// The topic template it acts on, when it acts on one.
     pub topic: Option<String>,
     /// Index into [`Catalog::channels`] of the rule governing that topic.
@@ -24,6 +24,42 @@ pub struct RouteEntry {
     pub error_type: &'static str,
     /// The route as written, for the `x-switchboard-route` extension.
     pub spec: RouteSpec,
+}
+
+impl RouteEntry {
+    /// `subscribe room:{roomId}`, `request`: a line for docs.
+    pub fn summary(&self) -> String {
+        match &self.topic {
+            Some(topic) => format!("{} {topic}", self.action.as_str()),
+            None => self.action.as_str().to_owned(),
+        }
+    }
+}
+
+/// A route's one action (docs/PROTOCOL.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    Request,
+    Forward,
+    History,
+    Presence,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Publish => "publish",
+            Self::Request => "request",
+            Self::Forward => "forward",
+            Self::History => "history",
+            Self::Presence => "presence",
+        }
+    }
 }
 
 /// A type the server delivers on topics: a publish route's `emit` (also what backends
@@ -149,23 +185,24 @@ fn channels(app: &CompiledApp) -> Vec<ChannelEntry> {
     out
 }
 
-fn action_of(spec: &RouteSpec) -> (&'static str, Option<String>) {
+/// The route's action and the topic template it acts on. (The compiler has checked
+/// that a route has exactly one action; a spec without one reads as a forward.)
+fn action_of(spec: &RouteSpec) -> (Action, Option<String>) {
+    let topic = |a: &TopicAction| Some(a.topic.clone());
     if let Some(a) = &spec.subscribe {
-        ("subscribe", Some(a.topic.clone()))
+        (Action::Subscribe, topic(a))
     } else if let Some(a) = &spec.unsubscribe {
-        ("unsubscribe", Some(a.topic.clone()))
+        (Action::Unsubscribe, topic(a))
     } else if let Some(a) = &spec.publish {
-        ("publish", Some(a.topic.clone()))
+        (Action::Publish, Some(a.topic.clone()))
     } else if spec.request.is_some() {
-        ("request", None)
-    } else if spec.forward.is_some() {
-        ("forward", None)
+        (Action::Request, None)
     } else if let Some(a) = &spec.history {
-        ("history", Some(a.topic.clone()))
+        (Action::History, Some(a.topic.clone()))
     } else if let Some(a) = &spec.presence {
-        ("presence", Some(a.topic.clone()))
+        (Action::Presence, topic(a))
     } else {
-        ("none", None)
+        (Action::Forward, None)
     }
 }
 
@@ -201,14 +238,14 @@ fn position_ack(recovery: bool) -> Value {
 fn answer(route: &RouteEntry, deliveries: &[DeliveryEntry]) -> (String, Value) {
     let ack = "$ws:ack".to_owned();
     match route.action {
-        "subscribe" => (ack, position_ack(true)),
-        "unsubscribe" => (
+        Action::Subscribe => (ack, position_ack(true)),
+        Action::Unsubscribe => (
             ack,
             json!({"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string"}}}),
         ),
-        "publish" => (ack, position_ack(false)),
-        "forward" => (ack, json!({"type": "object"})),
-        "request" => {
+        Action::Publish => (ack, position_ack(false)),
+        Action::Forward => (ack, json!({"type": "object"})),
+        Action::Request => {
             let request = route.spec.request.as_ref();
             (
                 request.and_then(|r| r.reply.clone()).unwrap_or(ack),
@@ -217,7 +254,7 @@ fn answer(route: &RouteEntry, deliveries: &[DeliveryEntry]) -> (String, Value) {
                     .unwrap_or_else(|| json!({})),
             )
         }
-        "history" => {
+        Action::History => {
             let payload = delivered_on(deliveries, route.channel);
             (
                 ack,
@@ -243,7 +280,7 @@ fn answer(route: &RouteEntry, deliveries: &[DeliveryEntry]) -> (String, Value) {
                 }),
             )
         }
-        "presence" => (
+        Action::Presence => (
             ack,
             json!({
                 "type": "object",
@@ -256,7 +293,6 @@ fn answer(route: &RouteEntry, deliveries: &[DeliveryEntry]) -> (String, Value) {
                 },
             }),
         ),
-        _ => (ack, json!({})),
     }
 }
 

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use super::catalog::Catalog;
+use super::catalog::{Action, Catalog};
 
 /// The module's file name for the app, e.g. `chat.ts`.
 pub fn file_name(catalog: &Catalog<'_>) -> String {
@@ -36,10 +36,7 @@ pub fn module(catalog: &Catalog<'_>) -> String {
 
     for route in &catalog.routes {
         let name = pascal(&route.message_type);
-        let doc = match &route.topic {
-            Some(topic) => format!("{} {topic}", route.action),
-            None => route.action.to_owned(),
-        };
+        let doc = route.summary();
         schema_const(
             &mut out,
             &format!("{name}Payload"),
@@ -112,7 +109,11 @@ pub fn module(catalog: &Catalog<'_>) -> String {
         );
     }
     out.push_str("    },\n    /** Subscribe routes: subscriptions that come back, recovering, after a reconnect. */\n    subscribe: {\n");
-    for route in catalog.routes.iter().filter(|r| r.action == "subscribe") {
+    for route in catalog
+        .routes
+        .iter()
+        .filter(|r| r.action == Action::Subscribe)
+    {
         let (t, name) = (quote(&route.message_type), pascal(&route.message_type));
         let _ = writeln!(
             out,
