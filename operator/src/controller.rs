@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -120,7 +121,11 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Cancell
             api::<PodDisruptionBudget>(&client, namespace),
             config.clone(),
         )
-        .owns(api::<HorizontalPodAutoscaler>(&client, namespace), config)
+        .owns(
+            api::<HorizontalPodAutoscaler>(&client, namespace),
+            config.clone(),
+        )
+        .owns(api::<Ingress>(&client, namespace), config)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -197,24 +202,14 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
 
     // 2. Every referenced Secret key must exist, or pods would crash-loop.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let jwt = app.spec.auth.jwt.as_ref();
-    for (field, r) in jwt
-        .into_iter()
-        .flat_map(|j| {
-            [
-                ("secretRef", &j.secret_ref),
-                ("publicKeyRef", &j.public_key_ref),
-            ]
-        })
-        .filter_map(|(f, r)| r.as_ref().map(|r| (f, r)))
-    {
+    for (field, r) in plan.secret_keys() {
         let present = secrets
             .get_opt(&r.name)
             .await?
             .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
         if !present {
             let message = format!(
-                "spec.auth.jwt.{field}: Secret {:?} with key {:?} not found in namespace {namespace}",
+                "{field}: Secret {:?} with key {:?} not found in namespace {namespace}",
                 r.name, r.key
             );
             degrade(ctx, &app, &apps, &previous, "MissingSecret", &message).await?;
@@ -257,6 +252,7 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
     )
     .await?;
     apply_or_delete(&ctx.client, &namespace, &name, plan.autoscaler()?).await?;
+    apply_or_delete(&ctx.client, &namespace, &name, plan.ingress()?).await?;
 
     // 5. Report what the Deployment reports.
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)

@@ -1,6 +1,6 @@
 //! The objects one RealtimeApp owns, built as pure functions of the app (and so
 //! unit-testable without a cluster): ConfigMap, Deployment, Service,
-//! PodDisruptionBudget, HorizontalPodAutoscaler.
+//! PodDisruptionBudget, HorizontalPodAutoscaler, Ingress.
 //!
 //! They are written as the YAML a person would write (`json!`) and then typed, so a
 //! field name mistake fails the build of the object, not silently on the cluster.
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use serde_json::{Value, json};
@@ -21,6 +22,9 @@ use switchboard_spec::{AppManifest, ManifestMetadata, SecretKeyRef};
 pub const CONFIG_DIR: &str = "/etc/switchboard/app";
 pub const CONFIG_FILE: &str = "app.yaml";
 pub const SECRETS_DIR: &str = "/etc/switchboard/secrets";
+/// The keys of a `kubernetes.io/tls` Secret, as `spec.tls.secretRef` is read.
+const TLS_CERT_KEY: &str = "tls.crt";
+const TLS_KEY_KEY: &str = "tls.key";
 pub const WS_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
 /// Seconds the pod waits in preStop so endpoints stop sending it new clients before the
@@ -136,26 +140,66 @@ impl<'a> Plan<'a> {
             .unwrap_or(80)
     }
 
+    /// Where clients connect: the Ingress's host when there is one, else the Service.
     pub fn endpoint(&self) -> String {
+        let spec = &self.app.spec;
+        if let Some(ingress) = &spec.ingress {
+            let scheme = if ingress.tls_secret_name.is_some() {
+                "wss"
+            } else {
+                "ws"
+            };
+            return format!("{scheme}://{}/ws", ingress.host);
+        }
+        let scheme = if spec.tls.is_some() { "wss" } else { "ws" };
         format!(
-            "ws://{}.{}.svc:{}/ws",
+            "{scheme}://{}.{}.svc:{}/ws",
             self.name,
             self.namespace,
             self.service_port()
         )
     }
 
-    /// Secrets the server reads keys from, each mounted at `SECRETS_DIR/<name>`.
-    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
-        let jwt = self.app.spec.auth.jwt.as_ref();
-        let mut refs: Vec<SecretKeyRef> = jwt
+    /// Every Secret key the server reads, with the spec field that names it: the
+    /// operator checks each exists before rolling out (a missing one would crash-loop
+    /// the pods) and mounts each Secret at `SECRETS_DIR/<name>`.
+    pub fn secret_keys(&self) -> Vec<(String, SecretKeyRef)> {
+        let spec = &self.app.spec;
+        let mut keys = Vec::new();
+        if let Some(jwt) = &spec.auth.jwt {
+            for (field, r) in [
+                ("secretRef", &jwt.secret_ref),
+                ("publicKeyRef", &jwt.public_key_ref),
+            ] {
+                if let Some(r) = r {
+                    keys.push((format!("spec.auth.jwt.{field}"), r.clone()));
+                }
+            }
+        }
+        if let Some(tls) = &spec.tls {
+            for key in [TLS_CERT_KEY, TLS_KEY_KEY] {
+                keys.push((
+                    "spec.tls.secretRef".to_owned(),
+                    SecretKeyRef {
+                        name: tls.secret_ref.name.clone(),
+                        key: key.to_owned(),
+                    },
+                ));
+            }
+        }
+        keys
+    }
+
+    /// The Secrets to mount, each once.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .secret_keys()
             .into_iter()
-            .flat_map(|j| [j.secret_ref.clone(), j.public_key_ref.clone()])
-            .flatten()
+            .map(|(_, r)| r.name)
             .collect();
-        refs.sort_by(|a, b| a.name.cmp(&b.name));
-        refs.dedup_by(|a, b| a.name == b.name);
-        refs
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn config_map(&self) -> anyhow::Result<ConfigMap> {
@@ -188,10 +232,10 @@ impl<'a> Plan<'a> {
         let mut volumes =
             vec![json!({"name": "config", "configMap": {"name": self.config_map_name()}})];
         let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
-        for (i, r) in self.secret_refs().iter().enumerate() {
+        for (i, name) in self.secret_names().iter().enumerate() {
             let volume = format!("secret-{i}");
-            volumes.push(json!({"name": volume, "secret": {"secretName": r.name}}));
-            mounts.push(json!({"name": volume, "mountPath": format!("{SECRETS_DIR}/{}", r.name), "readOnly": true}));
+            volumes.push(json!({"name": volume, "secret": {"secretName": name}}));
+            mounts.push(json!({"name": volume, "mountPath": format!("{SECRETS_DIR}/{name}"), "readOnly": true}));
         }
         let mut annotations = pod.annotations.clone();
         annotations.insert(CONFIG_HASH_ANNOTATION.into(), self.config_hash.clone());
@@ -312,6 +356,53 @@ impl<'a> Plan<'a> {
             },
         }))?))
     }
+
+    /// `spec.ingress`: `/ws` on the host, to the Service, with the timeouts a WebSocket
+    /// needs at ingress-nginx (its defaults of 60 s would cut every quiet connection
+    /// that the heartbeat does not keep busy enough) and HTTPS to pods that serve TLS.
+    pub fn ingress(&self) -> anyhow::Result<Option<Ingress>> {
+        let Some(ingress) = &self.app.spec.ingress else {
+            return Ok(None);
+        };
+        let mut annotations: BTreeMap<String, String> = [
+            ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
+            ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        if self.app.spec.tls.is_some() {
+            annotations.insert(
+                "nginx.ingress.kubernetes.io/backend-protocol".into(),
+                "HTTPS".into(),
+            );
+        }
+        annotations.extend(ingress.annotations.clone());
+        let mut metadata = self.metadata(&self.name);
+        metadata["annotations"] = json!(annotations);
+        let mut spec = json!({
+            "rules": [{
+                "host": ingress.host,
+                "http": {"paths": [{
+                    "path": "/ws",
+                    "pathType": "Exact",
+                    "backend": {"service": {"name": self.name, "port": {"number": self.service_port()}}},
+                }]},
+            }],
+        });
+        if let Some(class) = &ingress.class_name {
+            spec["ingressClassName"] = json!(class);
+        }
+        if let Some(secret) = &ingress.tls_secret_name {
+            spec["tls"] = json!([{"hosts": [ingress.host], "secretName": secret}]);
+        }
+        Ok(Some(serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": metadata,
+            "spec": spec,
+        }))?))
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +508,86 @@ mod tests {
         assert!(mounts.as_array().unwrap().iter().any(|m| m["mountPath"]
             == "/etc/switchboard/secrets/chat-jwt"
             && m["readOnly"] == true));
+    }
+
+    #[test]
+    fn the_tls_secret_is_mounted_once_beside_the_jwt_one_and_the_endpoint_says_wss() {
+        let d = defaults();
+        let a = app(|a| {
+            a.spec.tls = Some(switchboard_spec::TlsSettings {
+                secret_ref: switchboard_spec::SecretRef {
+                    name: "chat-tls".into(),
+                },
+                min_version: None,
+            });
+        });
+        let plan = Plan::new(&a, &d).unwrap();
+        let keys: Vec<_> = plan
+            .secret_keys()
+            .into_iter()
+            .filter(|(field, _)| field == "spec.tls.secretRef")
+            .map(|(_, r)| r.key)
+            .collect();
+        assert_eq!(keys, ["tls.crt", "tls.key"]);
+        assert_eq!(
+            plan.secret_names()
+                .iter()
+                .filter(|n| *n == "chat-tls")
+                .count(),
+            1
+        );
+        let dep = serde_json::to_value(plan.deployment().unwrap()).unwrap();
+        let mounts = &dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+        assert!(mounts.as_array().unwrap().iter().any(|m| m["mountPath"]
+            == "/etc/switchboard/secrets/chat-tls"
+            && m["readOnly"] == true));
+        assert!(plan.endpoint().starts_with("wss://chat.prod.svc:"));
+    }
+
+    #[test]
+    fn an_ingress_only_when_asked_with_websocket_timeouts_and_https_to_tls_pods() {
+        let d = defaults();
+        assert!(
+            Plan::new(&app(|_| {}), &d)
+                .unwrap()
+                .ingress()
+                .unwrap()
+                .is_none()
+        );
+        let a = app(|a| {
+            a.spec.ingress = Some(switchboard_spec::IngressSettings {
+                host: "chat.example.com".into(),
+                class_name: Some("nginx".into()),
+                tls_secret_name: Some("chat-public".into()),
+                annotations: [(
+                    "nginx.ingress.kubernetes.io/proxy-read-timeout".to_owned(),
+                    "7200".to_owned(),
+                )]
+                .into(),
+            });
+            a.spec.tls = Some(switchboard_spec::TlsSettings::default());
+        });
+        let plan = Plan::new(&a, &d).unwrap();
+        let ing = serde_json::to_value(plan.ingress().unwrap().unwrap()).unwrap();
+        let annotations = &ing["metadata"]["annotations"];
+        assert_eq!(
+            annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+            "7200"
+        );
+        assert_eq!(
+            annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"],
+            "3600"
+        );
+        assert_eq!(
+            annotations["nginx.ingress.kubernetes.io/backend-protocol"],
+            "HTTPS"
+        );
+        assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+        assert_eq!(ing["spec"]["tls"][0]["secretName"], "chat-public");
+        let path = &ing["spec"]["rules"][0]["http"]["paths"][0];
+        assert_eq!(path["path"], "/ws");
+        assert_eq!(path["backend"]["service"]["name"], "chat");
+        assert_eq!(plan.endpoint(), "wss://chat.example.com/ws");
     }
 
     #[test]

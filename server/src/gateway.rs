@@ -35,11 +35,19 @@ use crate::protocol::{self, ErrorCode};
 use crate::ratelimit::ConnectionBuckets;
 use crate::session::Session;
 use crate::state::AppState;
+use crate::tls::TlsListener;
 
 pub use switchboard_ops::admin::HttpResponse;
 
-/// Accepts TCP connections until `stop` fires.
-pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+/// Accepts TCP connections until `stop` fires; with `tls`, each one is a TLS
+/// connection first (after its PROXY protocol header, if any: balancers send that in
+/// the clear).
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<TlsListener>>,
+    stop: CancellationToken,
+) {
     let handshake_timeout =
         Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
     switchboard_ops::listener::accept_until(
@@ -48,6 +56,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
         "websocket",
         move |mut stream, tcp_peer| {
             let state = state.clone();
+            let tls = tls.clone();
             async move {
                 let _ = stream.set_nodelay(true);
                 // With the PROXY protocol, the header says whose connection this is; it is
@@ -76,26 +85,60 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
                         }
                     }
                 }
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                // The connection future ends once the upgrade is handed over, so this bounds
-                // the handshake only; the WebSocket runs on in its own task.
-                match tokio::time::timeout(handshake_timeout, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
-                    Err(_) => debug!(%peer, "handshake timed out"),
+                let Some(tls) = tls else {
+                    return serve_http(stream, state, peer, handshake_timeout).await;
+                };
+                // The TLS handshake counts against the same deadline as the HTTP one.
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let left = handshake_timeout.saturating_sub(started.elapsed());
+                        serve_http(stream, state, peer, left).await;
+                    }
+                    Ok(Err(e)) => {
+                        state
+                            .metrics
+                            .gateway
+                            .rejected
+                            .inc(RejectReason::TlsHandshake);
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        state
+                            .metrics
+                            .gateway
+                            .rejected
+                            .inc(RejectReason::TlsHandshake);
+                        debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             }
         },
     )
     .await;
+}
+
+/// HTTP/1.1 on one connection, plain or TLS, until its upgrade is handed over.
+async fn serve_http<S>(stream: S, state: Arc<AppState>, peer: SocketAddr, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    // The connection future ends once the upgrade is handed over, so this bounds the
+    // handshake only; the WebSocket runs on in its own task.
+    match tokio::time::timeout(timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
+        Err(_) => debug!(%peer, "handshake timed out"),
+    }
 }
 
 fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
@@ -152,6 +195,8 @@ switchboard_ops::label_values! {
         Draining => "draining",
         /// Not a valid WebSocket upgrade (400).
         BadRequest => "bad_request",
+        /// The TLS handshake failed or timed out (`spec.tls`); no HTTP was spoken.
+        TlsHandshake => "tls_handshake",
     }
 }
 

@@ -37,6 +37,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod topics;
 pub mod trace;
 

@@ -81,18 +81,14 @@ async fn serve_with(cli: Cli) -> ExitCode {
         demo: cli.serves_demo(),
     };
     if cli.check {
-        return match switchboard_server::auth::Authenticator::load(
-            config.app.jwt.as_ref(),
-            config.app.spec.auth.anonymous,
-            &config.secrets_dir,
-        ) {
-            Ok(_) => {
+        return match check_secrets(&config) {
+            Ok(()) => {
                 warn_trailing_newlines(&config);
                 println!("{source}: ok");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::from(USAGE)
             }
         };
@@ -104,6 +100,21 @@ async fn serve_with(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check`: the files the app's secrets name are there and usable (JWT keys, the
+/// TLS pair), as the server would load them at start.
+fn check_secrets(config: &ServerConfig) -> anyhow::Result<()> {
+    switchboard_server::auth::Authenticator::load(
+        config.app.jwt.as_ref(),
+        config.app.spec.auth.anonymous,
+        &config.secrets_dir,
+    )?;
+    if let Some(tls) = &config.app.spec.tls {
+        switchboard_server::tls::TlsListener::load(tls, &config.secrets_dir)
+            .context("spec.tls.secretRef")?;
+    }
+    Ok(())
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {

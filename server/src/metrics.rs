@@ -19,6 +19,7 @@ use crate::history::HistoryMetrics;
 use crate::protocol;
 use crate::ratelimit::RateLimitMetrics;
 use crate::router::MessageMetrics;
+use crate::tls::TlsMetrics;
 use crate::topics::TopicMetrics;
 
 pub struct Metrics {
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub rpc: RpcMetrics,
     pub drain: DrainMetrics,
     pub history: HistoryMetrics,
+    pub tls: TlsMetrics,
 }
 
 impl Metrics {
@@ -60,6 +62,7 @@ impl Metrics {
             rpc: RpcMetrics::register(&mut registry),
             drain: DrainMetrics::register(&mut registry),
             history: HistoryMetrics::register(&mut registry),
+            tls: TlsMetrics::register(&mut registry),
             registry,
         }
     }

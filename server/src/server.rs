@@ -21,6 +21,7 @@ use crate::history::memory::TopicHistory;
 use crate::metrics::Metrics;
 use crate::presence_nats::PresenceReplica;
 use crate::state::AppState;
+use crate::tls::TlsListener;
 use crate::{drain, gateway};
 use switchboard_ops::admin;
 use switchboard_ops::shutdown::Shutdown;
@@ -34,6 +35,8 @@ const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct Server {
     state: Arc<AppState>,
     ws: TcpListener,
+    /// `spec.tls`: the WebSocket listener speaks TLS with this certificate.
+    tls: Option<Arc<TlsListener>>,
     admin: TcpListener,
 }
 
@@ -46,6 +49,13 @@ impl Server {
             app.spec.auth.anonymous,
             &config.secrets_dir,
         )?;
+        let tls = match &app.spec.tls {
+            Some(settings) => Some(Arc::new(
+                TlsListener::load(settings, &config.secrets_dir)
+                    .context("cannot serve spec.tls.secretRef")?,
+            )),
+            None => None,
+        };
         let instance: Arc<str> = Arc::from(config.instance);
         let demo = config.demo;
         let metrics = Arc::new(Metrics::new(&app));
@@ -106,7 +116,12 @@ impl Server {
             .with_context(|| {
                 format!("cannot listen on {} (--admin-listen)", config.admin_listen)
             })?;
-        Ok(Self { state, ws, admin })
+        Ok(Self {
+            state,
+            ws,
+            tls,
+            admin,
+        })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -134,13 +149,19 @@ impl Server {
             app = %state.app.name, instance = %state.instance, "serving"
         );
         if state.demo {
-            info!(url = %format!("http://{}/", self.ws.local_addr()?), "demo page");
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            info!(url = %format!("{scheme}://{}/", self.ws.local_addr()?), "demo page");
         }
+        let certificate_watch = self
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(tls.watch(state.metrics.clone())));
         let stop_accepting = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let ws_task = tokio::spawn(gateway::accept_loop(
             self.ws,
             state.clone(),
+            self.tls,
             stop_accepting.clone(),
         ));
         let admin_task = tokio::spawn(admin::accept_loop(
@@ -166,6 +187,9 @@ impl Server {
             () = shutdown.now.cancelled() => {}
         }
         sweeper.abort();
+        if let Some(watch) = certificate_watch {
+            watch.abort();
+        }
         admin_stop.cancel();
         let _ = admin_task.await;
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");

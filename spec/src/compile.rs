@@ -225,6 +225,7 @@ pub fn compile(manifest: &AppManifest) -> Result<CompiledApp, SpecErrors> {
     let routes = compile_routes(spec, &buckets, &topics, &mut p);
     let jwt = compile_jwt(spec, &mut p);
     let trusted_proxies = compile_network(spec, &mut p);
+    check_edge(spec, &mut p);
     if !p.0.is_empty() {
         let type_at = |i: usize| spec.routes.get(i).map(|r| r.message_type.clone());
         return Err(SpecErrors(
@@ -268,6 +269,54 @@ fn compile_network(spec: &RealtimeAppSpec, p: &mut Problems) -> Vec<IpNet> {
         );
     }
     nets
+}
+
+/// `spec.tls` and `spec.ingress`: names that become mount paths and Kubernetes object
+/// references, so a typo is caught here rather than as a pod that never starts.
+fn check_edge(spec: &RealtimeAppSpec, p: &mut Problems) {
+    if let Some(tls) = &spec.tls
+        && !is_dns_subdomain(&tls.secret_ref.name)
+    {
+        p.add(
+            "spec.tls.secretRef.name",
+            "must be a Secret name (lowercase letters, digits, '-' and '.')",
+        );
+    }
+    let Some(ingress) = &spec.ingress else {
+        return;
+    };
+    if !is_dns_subdomain(ingress.host.strip_prefix("*.").unwrap_or(&ingress.host)) {
+        p.add(
+            "spec.ingress.host",
+            format!(
+                "{:?} is not a host name (e.g. chat.example.com or *.example.com)",
+                ingress.host
+            ),
+        );
+    }
+    if let Some(secret) = &ingress.tls_secret_name
+        && !is_dns_subdomain(secret)
+    {
+        p.add(
+            "spec.ingress.tlsSecretName",
+            "must be a Secret name (lowercase letters, digits, '-' and '.')",
+        );
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain), which is also a safe path segment.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {

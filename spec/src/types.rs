@@ -93,6 +93,14 @@ pub struct RealtimeAppSpec {
     /// What stands between clients and the pods (proxies, load balancers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSettings>,
+    /// TLS on the WebSocket listener (`wss://` straight to the pods). Absent: plain
+    /// `ws://`, with TLS, if any, ended at an Ingress or load balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+    /// An Ingress the operator renders in front of the Service (README, "TLS and
+    /// ingress"). Absent: none; bring your own Ingress or Gateway API route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
     #[serde(default)]
@@ -172,6 +180,55 @@ pub struct NetworkSettings {
     /// trusted proxy. Needs `trustedProxies`.
     #[serde(default)]
     pub proxy_protocol: bool,
+}
+
+/// TLS served by the pods themselves (README, "TLS and ingress").
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSettings {
+    /// A `kubernetes.io/tls` Secret: the chain in `tls.crt`, the private key in
+    /// `tls.key`, read from `<secrets-dir>/<name>/`. The files are re-read when they
+    /// change (cert-manager renews in place), with no restart.
+    pub secret_ref: SecretRef,
+    /// Oldest protocol version offered; `"1.2"` when absent (`"1.3"` to refuse 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsVersion>,
+}
+
+/// A whole Kubernetes Secret, mounted at `<secrets-dir>/<name>/`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// A TLS protocol version. Nothing older than 1.2 exists here: rustls never spoke it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// An Ingress rendered and owned by the operator, routing `host` to the app's Service.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressSettings {
+    /// The public host name clients connect to.
+    pub host: String,
+    /// `ingressClassName`; the cluster's default class when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret for `host`, for the ingress controller to end TLS
+    /// with (e.g. one cert-manager keeps). Absent: the Ingress serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Added to the Ingress, over the operator's WebSocket defaults (ingress-nginx
+    /// read/send timeouts of an hour, and HTTPS to the pods when `spec.tls` is set).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -1290,3 +1290,25 @@ fn trusted_proxies_are_cidrs_or_addresses_and_the_proxy_protocol_needs_them() {
         "needs spec.network.trustedProxies",
     );
 }
+
+#[test]
+fn tls_and_ingress_name_real_secrets_and_hosts() {
+    let app = compiles(&with_spec(
+        "tls: {secretRef: {name: chat-tls}, minVersion: \"1.3\"}\ningress: {host: chat.example.com, tlsSecretName: chat-public-tls}",
+    ));
+    assert_eq!(
+        app.spec.tls.as_ref().and_then(|t| t.min_version),
+        Some(switchboard_spec::TlsVersion::Tls13)
+    );
+    compiles(&with_spec("ingress: {host: \"*.example.com\"}"));
+    let errs = errors(&with_spec(
+        "tls: {secretRef: {name: ../etc}}\ningress: {host: \"chat example\", tlsSecretName: Chat_TLS}",
+    ));
+    assert_has(&errs, "spec.tls.secretRef.name", "must be a Secret name");
+    assert_has(&errs, "spec.ingress.host", "not a host name");
+    assert_has(&errs, "spec.ingress.tlsSecretName", "must be a Secret name");
+    let errs = errors(&with_spec(
+        "tls: {secretRef: {name: x}, minVersion: \"1.1\"}",
+    ));
+    assert_has(&errs, "spec.tls.minVersion", "unknown variant");
+}

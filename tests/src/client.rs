@@ -3,6 +3,7 @@
 //! It uses tokio-tungstenite, an implementation independent of the server's
 //! fastwebsockets, so the tests also check that the server speaks standard WebSocket.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Request;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for a frame it expects.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -43,19 +44,36 @@ impl Client {
     }
 
     pub async fn connect_request(req: Request<()>) -> Result<Self, Refused> {
-        let (ws, response) =
-            match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
-                Ok(Ok(ok)) => ok,
-                Ok(Err(WsError::Http(r))) => {
-                    return Err(Refused {
-                        status: r.status().as_u16(),
-                        body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-                            .into_owned(),
-                    });
-                }
-                Ok(Err(e)) => panic!("connect failed: {e}"),
-                Err(_) => panic!("connect timed out"),
-            };
+        Self::connect_with(req, None).await
+    }
+
+    /// A `wss://` client whose TLS is `tls` (e.g. trusting a [`crate::TestCa`]).
+    pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::connect_with(
+            url.into_client_request().unwrap(),
+            Some(Connector::Rustls(tls)),
+        )
+        .await
+        .unwrap_or_else(|r| panic!("upgrade refused: {r:?}"))
+    }
+
+    /// Connects with `connector` (`None`: plain TCP for `ws://`, the default for
+    /// `wss://`); a failed TLS handshake panics like any failed connect.
+    async fn connect_with(req: Request<()>, connector: Option<Connector>) -> Result<Self, Refused> {
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector);
+        let (ws, response) = match tokio::time::timeout(WAIT, connecting).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(WsError::Http(r))) => {
+                return Err(Refused {
+                    status: r.status().as_u16(),
+                    body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+            Ok(Err(e)) => panic!("connect failed: {e}"),
+            Err(_) => panic!("connect timed out"),
+        };
         let mut client = Self {
             ws,
             open: Value::Null,

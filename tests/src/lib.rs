@@ -16,6 +16,7 @@ pub mod corpus;
 mod http;
 mod jaeger;
 mod nats;
+mod tls;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub use control_plane::{ControlPlane, chat_app, lease_holder, run_tool, template
 pub use http::{http_get, metric};
 pub use jaeger::Jaeger;
 pub use nats::NatsServer;
+pub use tls::{IssuedPair, TestCa};
 
 /// A binary of this workspace (`switchboard-server`, `switchboard-operator`), from the
 /// target directory this test runs from. `hack/test-all.sh` builds them first; when

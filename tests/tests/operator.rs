@@ -2,7 +2,8 @@
 //! applies, rolling on change, Degraded on an invalid spec without touching the running
 //! Deployment (with an Event), recreating a deleted child, the scale subresource,
 //! garbage collection of children when the app is deleted, and the history stream put
-//! in place on a real nats-server before a spec rolls out. (No kubelet runs pods, so
+//! in place on a real nats-server before a spec rolls out, TLS Secrets checked and
+//! mounted, and an Ingress rendered when asked. (No kubelet runs pods, so
 //! the assertions are on objects.)
 
 // Tests stop at the first failed step, loudly.
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -376,6 +378,114 @@ async fn the_history_stream_is_in_place_before_a_spec_rolls_out() -> anyhow::Res
     assert!(message.contains("insufficient storage"), "{message}");
     assert_eq!(hash(&deployments.get("chat").await?), hash(&d));
     assert_eq!(stream.info().await?.config.max_bytes, 256 * 1024 * 1024);
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_pods_and_an_ingress_follow_the_spec() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    cp.install_crd(&switchboard_operator::crd::crd()?).await?;
+    let apps: Api<RealtimeApp> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let (stop, operator) = run_operator(&client);
+
+    // TLS from a Secret that is not there yet: Degraded, the field named, no rollout.
+    let mut app = chat_app();
+    app.spec.tls = Some(switchboard_spec::TlsSettings {
+        secret_ref: switchboard_spec::SecretRef {
+            name: "chat-tls".into(),
+        },
+        min_version: None,
+    });
+    apps.create(&PostParams::default(), &app).await?;
+    let (_, _, message) = degraded_with(&apps, "MissingSecret").await;
+    assert!(
+        message.contains("spec.tls.secretRef") && message.contains("tls.crt"),
+        "{message}"
+    );
+    assert!(deployments.get_opt("chat").await?.is_none());
+
+    // The kubernetes.io/tls Secret cert-manager would write: mounted, endpoint wss://.
+    let pair = switchboard_tests::TestCa::new("test CA").issue(&["chat.default.svc"]);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "chat-tls"},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem},
+            }))?,
+        )
+        .await?;
+    nudge(&apps, "tls").await?;
+    degraded_clears(&apps).await;
+    let d = deployments.get("chat").await?;
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert!(
+        pod.volumes.unwrap_or_default().iter().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("chat-tls"))
+    );
+    let endpoint = eventually("a wss:// endpoint", 15, || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| a.status?.endpoint)
+            .filter(|e| e.starts_with("wss://"))
+    })
+    .await;
+    assert_eq!(endpoint, "wss://chat.default.svc:80/ws");
+
+    // An Ingress when asked (accepted by the API server's own validation), gone when not.
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ingress": {
+            "host": "chat.example.com", "className": "nginx", "tlsSecretName": "chat-public"
+        }}})),
+    )
+    .await?;
+    let ingress = eventually("the Ingress", 15, || async {
+        ingresses.get_opt("chat").await.ok().flatten()
+    })
+    .await;
+    let annotations = ingress.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/backend-protocol")
+            .map(String::as_str),
+        Some("HTTPS")
+    );
+    assert_eq!(
+        ingress.metadata.owner_references.unwrap()[0].kind,
+        "RealtimeApp"
+    );
+    eventually("the Ingress's endpoint", 15, || async {
+        apps.get("chat")
+            .await
+            .ok()
+            .and_then(|a| a.status?.endpoint)
+            .filter(|e| e == "wss://chat.example.com/ws")
+    })
+    .await;
+    apps.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ingress": null}})),
+    )
+    .await?;
+    eventually("the Ingress to go", 15, || async {
+        ingresses.get_opt("chat").await.ok().filter(|i| i.is_none())
+    })
+    .await;
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;

@@ -63,7 +63,11 @@ the calls the operator really makes, recorded by the apiserver's audit log.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list, watch, create, patch, delete]
-# JWT Secrets named by an app are checked to exist, never listed or watched.
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [list, watch, create, patch, delete]
+# Secrets named by an app (JWT keys, the TLS pair) are checked to exist, never listed
+# or watched.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

@@ -182,6 +182,11 @@ impl TestServer {
         }
     }
 
+    /// Where the server reads key `key` of Secret `name`.
+    pub fn secret_path(&self, name: &str, key: &str) -> PathBuf {
+        self.secrets.join(name).join(key)
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.ws)
     }

@@ -18,3 +18,4 @@ mod nats;
 mod protocol;
 mod proxies;
 mod routing;
+mod tls;
