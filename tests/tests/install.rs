@@ -21,6 +21,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::Api;
@@ -290,10 +291,22 @@ async fn install_apply_serve_scale_roll_delete() -> anyhow::Result<()> {
     )
     .await?;
     eventually("an HPA", 30, || async { hpas.get_opt("chat").await.ok()? }).await;
-    patch_chat(&cp, r#"{"spec":{"autoscaling":null,"replicas":1}}"#).await?;
-    eventually("the HPA and PDB to go", 30, || async {
+    // With autoscaling, an Ingress too: both come and go under the chart's RBAC.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    patch_chat(&cp, r#"{"spec":{"ingress":{"host":"chat.example.com"}}}"#).await?;
+    eventually("an Ingress", 30, || async {
+        ingresses.get_opt("chat").await.ok()?
+    })
+    .await;
+    patch_chat(
+        &cp,
+        r#"{"spec":{"autoscaling":null,"replicas":1,"ingress":null}}"#,
+    )
+    .await?;
+    eventually("the HPA, PDB and Ingress to go", 30, || async {
         let gone = hpas.get_opt("chat").await.ok()?.is_none()
-            && pdbs.get_opt("chat").await.ok()?.is_none();
+            && pdbs.get_opt("chat").await.ok()?.is_none()
+            && ingresses.get_opt("chat").await.ok()?.is_none();
         gone.then_some(())
     })
     .await;
