@@ -78,7 +78,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
                 }
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
+                    async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer).await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -98,7 +98,11 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, stop: Canc
     .await;
 }
 
-fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
+async fn route(
+    mut req: Request<Incoming>,
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+) -> HttpResponse {
     if req.uri().path() != "/ws" {
         if state.demo
             && req.method() == Method::GET
@@ -127,7 +131,7 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
     } else {
         crate::client_addr::client_ip(peer.ip(), req.headers(), &state.app.trusted_proxies)
     };
-    match upgrade(&mut req, state, peer, client) {
+    match upgrade(&mut req, state, peer, client).await {
         Ok(response) => response,
         Err(refused) => {
             state.metrics.gateway.rejected.inc(refused.reason);
@@ -221,7 +225,7 @@ impl Refusal {
 }
 
 /// `client`: the peer, or whom a trusted proxy says it forwards for.
-fn upgrade(
+async fn upgrade(
     req: &mut Request<Incoming>,
     state: &Arc<AppState>,
     peer: SocketAddr,
@@ -263,6 +267,7 @@ fn upgrade(
     let authed = state
         .auth
         .authenticate(token.as_deref(), &anonymous_id)
+        .await
         .map_err(|e| {
             Box::new(
                 Refusal::new(

@@ -16,6 +16,7 @@ use crate::drain::DrainMetrics;
 use crate::gateway::GatewayMetrics;
 use crate::handle::OutboundMetrics;
 use crate::history::HistoryMetrics;
+use crate::jwks::JwksMetrics;
 use crate::protocol;
 use crate::ratelimit::RateLimitMetrics;
 use crate::router::MessageMetrics;
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub rpc: RpcMetrics,
     pub drain: DrainMetrics,
     pub history: HistoryMetrics,
+    pub jwks: JwksMetrics,
 }
 
 impl Metrics {
@@ -60,6 +62,7 @@ impl Metrics {
             rpc: RpcMetrics::register(&mut registry),
             drain: DrainMetrics::register(&mut registry),
             history: HistoryMetrics::register(&mut registry),
+            jwks: JwksMetrics::register(&mut registry),
             registry,
         }
     }
@@ -157,6 +160,11 @@ mod tests {
             "switchboard_rpc_requests_total",
             "outcome",
         ));
+        series.extend(every::<crate::jwks::FetchFailure>(
+            "switchboard_jwks_fetch_errors_total",
+            "reason",
+        ));
+        series.push("switchboard_jwks_keys".to_owned());
         for t in app.routes.keys().map(String::as_str).chain(["unknown"]) {
             series.push(format!(
                 "switchboard_messages_received_total{{type=\"{t}\"}}"

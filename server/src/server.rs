@@ -149,6 +149,10 @@ impl Server {
             admin_stop.clone(),
         ));
         let sweeper = tokio::spawn(sweep_idle_state(state.clone()));
+        let jwks_refresher = state
+            .auth
+            .jwks()
+            .map(|jwks| tokio::spawn(jwks.clone().refresh_loop(state.metrics.clone())));
 
         shutdown.begin.cancelled().await;
         let started = Instant::now();
@@ -166,6 +170,10 @@ impl Server {
             () = shutdown.now.cancelled() => {}
         }
         sweeper.abort();
+        if let Some(refresher) = jwks_refresher {
+            refresher.abort();
+            let _ = refresher.await;
+        }
         admin_stop.cancel();
         let _ = admin_task.await;
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
