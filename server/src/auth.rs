@@ -1,17 +1,22 @@
 //! Who is connecting: JWT verification at upgrade and on `$ws:auth` refreshes.
 //!
 //! Keys are read once at start-up from `<secrets-dir>/<name>/<key>` (where the operator
-//! mounts each referenced Secret). The algorithm allow-list is checked against the
+//! mounts each referenced Secret), or public keys come from the issuer's key set
+//! (`spec.auth.jwt.jwks`, see [`crate::jwks`]), chosen by the token's `kid`. The
+//! algorithm allow-list is checked against the
 //! token's header before any key is chosen, and `none` can never be configured.
 //! Tokens are never logged: errors describe the token, not repeat it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use switchboard_spec::{Identity, JwtPolicy, SecretKeyRef};
+
+use crate::jwks::{Jwks, JwksSetupError};
 
 /// Role every connection that presented a valid token has, besides its token's roles.
 pub const USER_ROLE: &str = "user";
@@ -64,6 +69,8 @@ pub enum AuthSetupError {
         family: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Jwks(#[from] JwksSetupError),
 }
 
 pub struct Authenticator {
@@ -79,6 +86,8 @@ struct JwtVerifier {
     validations: Vec<Validation>,
     hmac: Option<DecodingKey>,
     public: Option<DecodingKey>,
+    /// Public keys from the issuer's key set, when the app names one instead of `public`.
+    jwks: Option<Arc<Jwks>>,
 }
 
 impl Authenticator {
@@ -93,9 +102,14 @@ impl Authenticator {
         Ok(Self { anonymous, jwt })
     }
 
+    /// The app's key set, for the server to run its refresher and readiness to wait for.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwt.as_ref().and_then(|v| v.jwks.as_ref())
+    }
+
     /// Verifies the token presented at upgrade, or admits an anonymous caller when the
     /// app allows it and no token was presented.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         token: Option<&str>,
         anonymous_user_id: &str,
@@ -111,14 +125,15 @@ impl Authenticator {
                 expires_at: None,
             }),
             None => Err(AuthError::Missing),
-            Some(token) => self.verify(token),
+            Some(token) => self.verify(token).await,
         }
     }
 
-    /// Verifies a token (at upgrade, or a refresh sent with `$ws:auth`).
-    pub fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
+    /// Verifies a token (at upgrade, or a refresh sent with `$ws:auth`). Waits only
+    /// when the key set must be refreshed for the token's `kid` (see [`crate::jwks`]).
+    pub async fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
         match &self.jwt {
-            Some(v) => v.verify(token),
+            Some(v) => v.verify(token).await,
             None => Err(AuthError::Invalid(
                 "this app accepts no tokens (spec.auth.jwt is not set)".into(),
             )),
@@ -228,6 +243,11 @@ impl JwtVerifier {
             }
             _ => None,
         };
+        let jwks = policy
+            .jwks
+            .as_ref()
+            .map(|p| Jwks::new(p, &algorithms).map(Arc::new))
+            .transpose()?;
         let mut validation = Validation::new(algorithms.first().copied().unwrap_or_default());
         validation.leeway = u64::from(policy.leeway_seconds);
         validation.validate_nbf = true;
@@ -263,10 +283,11 @@ impl JwtVerifier {
             validations,
             hmac,
             public,
+            jwks,
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Authenticated, AuthError> {
         let invalid = |m: &str| AuthError::Invalid(m.to_owned());
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(describe(&e)))?;
@@ -280,9 +301,14 @@ impl JwtVerifier {
                 header.alg
             )));
         };
-        let key = match header.alg.family() {
-            AlgorithmFamily::Hmac => self.hmac.as_ref(),
-            _ => self.public.as_ref(),
+        let from_set;
+        let key = match (header.alg.family(), &self.jwks) {
+            (AlgorithmFamily::Hmac, _) => self.hmac.as_ref(),
+            (_, Some(jwks)) => {
+                from_set = jwks.key_for(header.kid.as_deref(), header.alg).await?;
+                Some(&from_set)
+            }
+            (_, None) => self.public.as_ref(),
         }
         .ok_or_else(|| invalid("no key is configured for the token's algorithm"))?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
@@ -375,6 +401,7 @@ mod tests {
                 key: "secret".into(),
             }),
             public_key_ref: None,
+            jwks: None,
             issuer: Some("https://auth.test".into()),
             audience: Some("chat".into()),
             user_id_claim: "sub".into(),
@@ -406,28 +433,29 @@ mod tests {
         json!({"sub": "alice", "roles": ["admin"], "iss": "https://auth.test", "aud": "chat", "exp": now() + 60})
     }
 
-    #[test]
-    fn accepts_a_valid_token_with_roles_and_expiry() {
+    #[tokio::test]
+    async fn accepts_a_valid_token_with_roles_and_expiry() {
         let (_d, auth) = setup(&["HS256"]);
         let a = auth
             .authenticate(Some(&token(Algorithm::HS256, good_claims())), "anon")
+            .await
             .unwrap();
         assert_eq!(a.identity.user_id, "alice");
         assert_eq!(a.identity.roles, vec!["user", "admin"]);
         assert!(a.expires_at.unwrap() > SystemTime::now() + Duration::from_secs(60));
     }
 
-    #[test]
-    fn roles_listed_twice_anywhere_are_kept_once() {
+    #[tokio::test]
+    async fn roles_listed_twice_anywhere_are_kept_once() {
         let (_d, auth) = setup(&["HS256"]);
         let mut c = good_claims();
         c["roles"] = json!(["admin", "user", "admin", "ops", "user"]);
-        let a = auth.verify(&token(Algorithm::HS256, c)).unwrap();
+        let a = auth.verify(&token(Algorithm::HS256, c)).await.unwrap();
         assert_eq!(a.identity.roles, vec!["user", "admin", "ops"]);
     }
 
-    #[test]
-    fn absurd_or_fractional_expiries_are_refused_not_admitted_forever() {
+    #[tokio::test]
+    async fn absurd_or_fractional_expiries_are_refused_not_admitted_forever() {
         let (_d, auth) = setup(&["HS256"]);
         for exp in [
             json!(1u64 << 63),
@@ -443,7 +471,7 @@ mod tests {
             // never admitted without an expiry, never a panic.
             assert!(
                 matches!(
-                    auth.verify(&token(Algorithm::HS256, c)),
+                    auth.verify(&token(Algorithm::HS256, c)).await,
                     Err(AuthError::Invalid(_))
                 ),
                 "exp {exp} was admitted"
@@ -451,54 +479,54 @@ mod tests {
         }
         let mut c = good_claims();
         c["exp"] = json!(MAX_EXP);
-        let a = auth.verify(&token(Algorithm::HS256, c)).unwrap();
+        let a = auth.verify(&token(Algorithm::HS256, c)).await.unwrap();
         assert!(a.expires_at.is_some());
     }
 
-    #[test]
-    fn rejects_wrong_alg_expired_issuer_audience_and_missing_token() {
+    #[tokio::test]
+    async fn rejects_wrong_alg_expired_issuer_audience_and_missing_token() {
         let (_d, auth) = setup(&["HS256"]);
         let hs512 = token(Algorithm::HS512, good_claims());
         assert!(
-            matches!(auth.verify(&hs512), Err(AuthError::Invalid(m)) if m.contains("not allowed"))
+            matches!(auth.verify(&hs512).await, Err(AuthError::Invalid(m)) if m.contains("not allowed"))
         );
         let mut c = good_claims();
         c["exp"] = json!(now() - 60);
         assert!(
-            matches!(auth.verify(&token(Algorithm::HS256, c)), Err(AuthError::Invalid(m)) if m == "the token has expired")
+            matches!(auth.verify(&token(Algorithm::HS256, c)).await, Err(AuthError::Invalid(m)) if m == "the token has expired")
         );
         let mut c = good_claims();
         c["iss"] = json!("https://evil.test");
-        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        assert!(auth.verify(&token(Algorithm::HS256, c)).await.is_err());
         let mut c = good_claims();
         c["aud"] = json!("other");
-        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        assert!(auth.verify(&token(Algorithm::HS256, c)).await.is_err());
         let mut c = good_claims();
         c.as_object_mut().unwrap().remove("exp");
-        assert!(auth.verify(&token(Algorithm::HS256, c)).is_err());
+        assert!(auth.verify(&token(Algorithm::HS256, c)).await.is_err());
         assert!(matches!(
-            auth.authenticate(None, "anon"),
+            auth.authenticate(None, "anon").await,
             Err(AuthError::Missing)
         ));
     }
 
-    #[test]
-    fn rejects_alg_none_and_garbage() {
+    #[tokio::test]
+    async fn rejects_alg_none_and_garbage() {
         let (_d, auth) = setup(&["HS256"]);
         // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
-        assert!(auth.verify(none).is_err());
-        assert!(auth.verify("not-a-token").is_err());
+        assert!(auth.verify(none).await.is_err());
+        assert!(auth.verify("not-a-token").await.is_err());
     }
 
-    #[test]
-    fn tokens_never_appear_in_errors() {
+    #[tokio::test]
+    async fn tokens_never_appear_in_errors() {
         let (_d, auth) = setup(&["HS256"]);
         let mut c = good_claims();
         c["exp"] = json!(now() - 60);
         let t = token(Algorithm::HS256, c);
-        let msg = auth.verify(&t).unwrap_err().to_string();
+        let msg = auth.verify(&t).await.unwrap_err().to_string();
         assert!(!msg.contains(&t) && !msg.contains(t.split('.').nth(1).unwrap()));
     }
 

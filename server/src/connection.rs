@@ -208,7 +208,7 @@ async fn read_loop(
         match frame.opcode {
             OpCode::Text | OpCode::Binary if frame.fin && partial.is_none() => {
                 if frame.opcode == OpCode::Text {
-                    router::handle_text(state, session, payload_bytes(&frame));
+                    router::handle_text(state, session, payload_bytes(&frame)).await;
                 } else {
                     router::handle_binary(state, session);
                 }
@@ -237,7 +237,7 @@ async fn read_loop(
                         .close(protocol::close::INVALID_DATA, CloseReason::ProtocolError);
                     break;
                 } else {
-                    router::handle_text(state, session, &buf);
+                    router::handle_text(state, session, &buf).await;
                 }
             }
             OpCode::Ping => {

@@ -125,7 +125,7 @@ where
 {
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer)) }
+        async move { Ok::<_, std::convert::Infallible>(route(req, &state, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -141,7 +141,11 @@ where
     }
 }
 
-fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) -> HttpResponse {
+async fn route(
+    mut req: Request<Incoming>,
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+) -> HttpResponse {
     if req.uri().path() != "/ws" {
         if state.demo
             && req.method() == Method::GET
@@ -170,7 +174,7 @@ fn route(mut req: Request<Incoming>, state: &Arc<AppState>, peer: SocketAddr) ->
     } else {
         crate::client_addr::client_ip(peer.ip(), req.headers(), &state.app.trusted_proxies)
     };
-    match upgrade(&mut req, state, peer, client) {
+    match upgrade(&mut req, state, peer, client).await {
         Ok(response) => response,
         Err(refused) => {
             state.metrics.gateway.rejected.inc(refused.reason);
@@ -266,7 +270,7 @@ impl Refusal {
 }
 
 /// `client`: the peer, or whom a trusted proxy says it forwards for.
-fn upgrade(
+async fn upgrade(
     req: &mut Request<Incoming>,
     state: &Arc<AppState>,
     peer: SocketAddr,
@@ -308,6 +312,7 @@ fn upgrade(
     let authed = state
         .auth
         .authenticate(token.as_deref(), &anonymous_id)
+        .await
         .map_err(|e| {
             Box::new(
                 Refusal::new(

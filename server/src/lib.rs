@@ -22,6 +22,7 @@ pub mod frame_watch;
 pub mod gateway;
 pub mod handle;
 pub mod history;
+pub mod jwks;
 pub mod liveness;
 pub mod log_budget;
 pub mod metrics;

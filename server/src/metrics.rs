@@ -16,6 +16,7 @@ use crate::drain::DrainMetrics;
 use crate::gateway::GatewayMetrics;
 use crate::handle::OutboundMetrics;
 use crate::history::HistoryMetrics;
+use crate::jwks::JwksMetrics;
 use crate::protocol;
 use crate::ratelimit::RateLimitMetrics;
 use crate::router::MessageMetrics;
@@ -35,6 +36,7 @@ pub struct Metrics {
     pub drain: DrainMetrics,
     pub history: HistoryMetrics,
     pub tls: TlsMetrics,
+    pub jwks: JwksMetrics,
 }
 
 impl Metrics {
@@ -63,6 +65,7 @@ impl Metrics {
             drain: DrainMetrics::register(&mut registry),
             history: HistoryMetrics::register(&mut registry),
             tls: TlsMetrics::register(&mut registry),
+            jwks: JwksMetrics::register(&mut registry),
             registry,
         }
     }
@@ -160,6 +163,11 @@ mod tests {
             "switchboard_rpc_requests_total",
             "outcome",
         ));
+        series.extend(every::<crate::jwks::FetchFailure>(
+            "switchboard_jwks_fetch_errors_total",
+            "reason",
+        ));
+        series.push("switchboard_jwks_keys".to_owned());
         for t in app.routes.keys().map(String::as_str).chain(["unknown"]) {
             series.push(format!(
                 "switchboard_messages_received_total{{type=\"{t}\"}}"

@@ -24,7 +24,7 @@ const FAILED_REFRESH_GAP: Duration = Duration::from_secs(1);
 /// This many failed refreshes in a row end the connection.
 const MAX_FAILED_REFRESHES: u32 = 6;
 
-pub fn refresh_token(
+pub async fn refresh_token(
     state: &Arc<AppState>,
     session: &mut Session,
     msg: &Inbound,
@@ -41,7 +41,7 @@ pub fn refresh_token(
         )
         .retry_after(wait.as_millis() as u64 + 1));
     }
-    match verified(state, session, msg) {
+    match verified(state, session, msg).await {
         Ok(fresh) => {
             session.refresh_failures = 0;
             session.last_refresh_failure = None;
@@ -72,7 +72,7 @@ pub fn refresh_token(
     }
 }
 
-fn verified(
+async fn verified(
     state: &AppState,
     session: &Session,
     msg: &Inbound,
@@ -86,6 +86,7 @@ fn verified(
     let fresh = state
         .auth
         .verify(token)
+        .await
         .map_err(|e| Rejection::new(ErrorCode::Unauthenticated, e.to_string()))?;
     if fresh.identity.user_id != session.identity.user_id {
         return Err(Rejection::new(

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use switchboard_ops::metrics::CounterByName;
 use switchboard_spec::{CompiledRoute, RouteAction};
+use tracing::Instrument;
 
 use crate::actions;
 use crate::protocol::{self, ErrorCode, Inbound, Rejection};
@@ -43,7 +44,7 @@ impl From<Rejection> for Refused {
 }
 
 /// Handles one complete text message from the client.
-pub fn handle_text(state: &Arc<AppState>, session: &mut Session, text: &[u8]) {
+pub async fn handle_text(state: &Arc<AppState>, session: &mut Session, text: &[u8]) {
     let messages = &state.metrics.messages;
     let msg = match protocol::parse_inbound(text) {
         Ok(msg) => msg,
@@ -70,8 +71,12 @@ pub fn handle_text(state: &Arc<AppState>, session: &mut Session, text: &[u8]) {
     );
     trace::continue_from(&span, msg.traceparent.as_deref(), None);
     span.follows_from(&session.span);
+    // Entered only around the (synchronous) rest: a guard held across the await would
+    // leak the span into whatever the task's thread runs meanwhile.
+    let result = dispatch(state, session, &msg)
+        .instrument(span.clone())
+        .await;
     let _entered = span.enter();
-    let result = dispatch(state, session, &msg);
     span.record(
         "outcome",
         match &result {
@@ -104,7 +109,11 @@ pub fn handle_binary(state: &Arc<AppState>, session: &Session) {
     session.handle.refuse(protocol::ERROR_TYPE, None, &r);
 }
 
-fn dispatch(state: &Arc<AppState>, session: &mut Session, msg: &Inbound) -> Result<(), Refused> {
+async fn dispatch(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    msg: &Inbound,
+) -> Result<(), Refused> {
     match msg.message_type.as_str() {
         protocol::HEARTBEAT_TYPE => {
             session.handle.reply(
@@ -115,7 +124,9 @@ fn dispatch(state: &Arc<AppState>, session: &mut Session, msg: &Inbound) -> Resu
             return Ok(());
         }
         protocol::AUTH_TYPE => {
-            return refresh::refresh_token(state, session, msg).map_err(Refused::from);
+            return refresh::refresh_token(state, session, msg)
+                .await
+                .map_err(Refused::from);
         }
         _ => {}
     }

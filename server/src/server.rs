@@ -170,6 +170,10 @@ impl Server {
             admin_stop.clone(),
         ));
         let sweeper = tokio::spawn(sweep_idle_state(state.clone()));
+        let jwks_refresher = state
+            .auth
+            .jwks()
+            .map(|jwks| tokio::spawn(jwks.clone().refresh_loop(state.metrics.clone())));
 
         shutdown.begin.cancelled().await;
         let started = Instant::now();
@@ -189,6 +193,10 @@ impl Server {
         sweeper.abort();
         if let Some(watch) = certificate_watch {
             watch.abort();
+        }
+        if let Some(refresher) = jwks_refresher {
+            refresher.abort();
+            let _ = refresher.await;
         }
         admin_stop.cancel();
         let _ = admin_task.await;

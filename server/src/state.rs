@@ -104,7 +104,9 @@ impl AppState {
 /// Ready once the bus can reach other replicas (a replica that took clients before its
 /// first NATS connection would cut them off from the rest of the app); not ready again
 /// as soon as draining starts, so the Service stops sending new clients. A later NATS
-/// outage does not unready it: local delivery goes on.
+/// outage does not unready it: local delivery goes on. With `auth.jwt.jwks`, not ready
+/// until a first key set is loaded (every token would be refused); a later failed
+/// refresh does not unready it, as the last good set stays in use.
 impl switchboard_ops::admin::AdminState for AppState {
     fn readiness(&self) -> Result<(), &'static str> {
         if self.is_draining() {
@@ -113,6 +115,8 @@ impl switchboard_ops::admin::AdminState for AppState {
             Err("waiting for the first NATS connection\n")
         } else if !self.history.is_ready() {
             Err("waiting for the JetStream history stream\n")
+        } else if self.auth.jwks().is_some_and(|k| !k.is_loaded()) {
+            Err("waiting for the first JWKS key set (spec.auth.jwt.jwks.url)\n")
         } else {
             Ok(())
         }

@@ -144,8 +144,11 @@ proptest! {
     #[test]
     fn any_token_text_is_verified_or_refused_never_a_panic(token in "\\PC{0,200}", dotted in "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,40}") {
         let (dir, auth) = authenticator();
+        // Verification is async (a JWKS lookup may wait for a refresh); this app's
+        // HMAC key never waits, so a plain runtime drives it.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         for t in [token.as_str(), dotted.as_str()] {
-            prop_assert!(auth.authenticate(Some(t), "anon").is_err(), "{t}");
+            prop_assert!(runtime.block_on(auth.authenticate(Some(t), "anon")).is_err(), "{t}");
         }
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::action::{ForwardAction, HistoryAction, PublishAction, RequestAction, RouteAction};
 use crate::topic::{TemplateVar, TopicPattern, TopicTemplate};
 use crate::types::{
-    AppManifest, HistorySettings, PresenceSettings, RateLimitKey, RealtimeAppSpec, SecretKeyRef,
-    TopicAccess,
+    AppManifest, HistorySettings, JwksSettings, PresenceSettings, RateLimitKey, RealtimeAppSpec,
+    SecretKeyRef, TopicAccess,
 };
 
 /// Longest message `type` (docs/PROTOCOL.md §2).
@@ -41,6 +41,14 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 pub const MAX_RPC_TIMEOUT_MS: u32 = 300_000;
 /// Clock skew tolerated on token times when the spec sets none.
 pub const DEFAULT_JWT_LEEWAY_SECONDS: u32 = 30;
+/// Seconds between scheduled JWKS refreshes when the spec sets none: what issuers
+/// commonly allow for a published key to reach every verifier before they sign with it.
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u32 = 300;
+/// Bounds of `auth.jwt.jwks.refreshSeconds`: more often than every 5 seconds would poll
+/// the issuer from every pod for nothing; less often than daily keeps a withdrawn key
+/// trusted too long.
+pub const MIN_JWKS_REFRESH_SECONDS: u32 = 5;
+pub const MAX_JWKS_REFRESH_SECONDS: u32 = 86_400;
 
 /// One problem in a spec, located by its field path (`spec.routes[2].publish.topic`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,11 +182,22 @@ pub struct JwtPolicy {
     pub algorithms: Vec<String>,
     pub secret_ref: Option<SecretKeyRef>,
     pub public_key_ref: Option<SecretKeyRef>,
+    /// Public keys from the issuer's key set, instead of `public_key_ref`.
+    pub jwks: Option<JwksPolicy>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub user_id_claim: String,
     pub roles_claim: String,
     pub leeway_seconds: u32,
+}
+
+/// Where the server fetches public keys from, and how often (`spec.auth.jwt.jwks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwksPolicy {
+    /// An `https://` URL, or `http://` to a loopback host ([`check_jwks_url`]).
+    pub url: String,
+    /// Time between scheduled refreshes.
+    pub refresh: Duration,
 }
 
 /// JWS algorithms we verify, by family. `none` is deliberately absent.
@@ -761,13 +780,18 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
         p.add(format!("{path}.secretRef"), "HS* algorithms need secretRef");
     }
     let public: Vec<_> = families.iter().filter(|f| **f != "hmac").collect();
-    if !public.is_empty() && jwt.public_key_ref.is_none() {
+    if !public.is_empty() && jwt.public_key_ref.is_none() && jwt.jwks.is_none() {
         p.add(
             format!("{path}.publicKeyRef"),
-            "RS*/PS*/ES*/EdDSA algorithms need publicKeyRef",
+            "RS*/PS*/ES*/EdDSA algorithms need publicKeyRef or jwks",
         );
     }
-    if public.len() > 1 {
+    let jwks = jwt
+        .jwks
+        .as_ref()
+        .map(|jwks| compile_jwks(jwks, jwt.public_key_ref.is_some(), public.is_empty(), p));
+    // A key set holds keys of any type, each named by its `kid`; one PEM holds one.
+    if public.len() > 1 && jwt.public_key_ref.is_some() {
         p.add(
             format!("{path}.algorithms"),
             "one publicKeyRef holds one key type: list algorithms of one family (RS/PS, ES or EdDSA)",
@@ -790,6 +814,7 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
         algorithms: jwt.algorithms.clone(),
         secret_ref: jwt.secret_ref.clone(),
         public_key_ref: jwt.public_key_ref.clone(),
+        jwks,
         issuer: jwt.issuer.clone(),
         audience: jwt.audience.clone(),
         user_id_claim: jwt
@@ -802,6 +827,77 @@ fn compile_jwt(spec: &RealtimeAppSpec, p: &mut Problems) -> Option<JwtPolicy> {
             .unwrap_or_else(|| "roles".to_owned()),
         leeway_seconds: jwt.leeway_seconds.unwrap_or(DEFAULT_JWT_LEEWAY_SECONDS),
     })
+}
+
+/// Checks `spec.auth.jwt.jwks`. With `publicKeyRef` too it is refused: which of the two
+/// verifies a token would depend on its `kid`, and a PEM left behind after moving to
+/// the key set would go on verifying tokens the issuer no longer vouches for.
+fn compile_jwks(
+    jwks: &JwksSettings,
+    has_public_key_ref: bool,
+    only_hmac: bool,
+    p: &mut Problems,
+) -> JwksPolicy {
+    let path = "spec.auth.jwt.jwks";
+    if has_public_key_ref {
+        p.add(
+            path,
+            "set jwks or publicKeyRef, not both: each is where the public keys come from",
+        );
+    }
+    if only_hmac {
+        p.add(
+            path,
+            "a key set serves public keys: list an RS*/PS*/ES*/EdDSA algorithm in spec.auth.jwt.algorithms (HS* keys come from secretRef only)",
+        );
+    }
+    if let Err(e) = check_jwks_url(&jwks.url) {
+        p.add(format!("{path}.url"), e);
+    }
+    let refresh = jwks.refresh_seconds.unwrap_or(DEFAULT_JWKS_REFRESH_SECONDS);
+    if !(MIN_JWKS_REFRESH_SECONDS..=MAX_JWKS_REFRESH_SECONDS).contains(&refresh) {
+        p.add(
+            format!("{path}.refreshSeconds"),
+            format!("must be between {MIN_JWKS_REFRESH_SECONDS} and {MAX_JWKS_REFRESH_SECONDS}"),
+        );
+    }
+    JwksPolicy {
+        url: jwks.url.clone(),
+        refresh: Duration::from_secs(u64::from(refresh)),
+    }
+}
+
+/// A key set URL must be `https://`, so keys cannot be swapped on the way, or plain
+/// `http://` to a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`), where nothing
+/// crosses a network: a test issuer or a sidecar. Credentials in the URL are refused,
+/// as they would end up in logs.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        format!("not a URL ({e}): use https://issuer.example.com/.well-known/jwks.json")
+    })?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err("must be an absolute URL: https://<host>/<path>".into());
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not carry credentials (user@host)".into());
+    }
+    let host = authority.host();
+    match scheme {
+        "https" => Ok(()),
+        "http" if is_loopback(host) => Ok(()),
+        "http" => Err(format!(
+            "plain http:// is only allowed to a loopback host (localhost, 127.0.0.1, [::1]), not {host:?}: use https://"
+        )),
+        other => Err(format!("scheme {other:?} is not supported: use https://")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn compile_schema(schema: &Value) -> Result<Validator, String> {
@@ -851,4 +947,41 @@ fn is_subject_token(s: &str) -> bool {
 
 fn is_path_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_urls_are_https_or_http_to_loopback_only() {
+        for ok in [
+            "https://issuer.example.com/.well-known/jwks.json",
+            "https://10.0.0.1:8443/keys",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.1.2.3/jwks",
+            "http://localhost/jwks",
+            "http://LOCALHOST:9000/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert_eq!(check_jwks_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, phrase) in [
+            ("http://issuer.example.com/jwks", "loopback"),
+            ("http://10.0.0.1/jwks", "loopback"),
+            ("http://localhost.evil.com/jwks", "loopback"),
+            ("http://[::2]/jwks", "loopback"),
+            ("ftp://issuer.example.com/jwks", "scheme"),
+            ("https://user:pw@issuer.example.com/jwks", "credentials"),
+            ("/jwks", "absolute"),
+            ("issuer.example.com/jwks", "URL"),
+            ("https://exa mple.com/", "not a URL"),
+            ("", "not a URL"),
+        ] {
+            match check_jwks_url(bad) {
+                Err(e) => assert!(e.contains(phrase), "{bad}: {e}"),
+                Ok(()) => panic!("{bad} was accepted"),
+            }
+        }
+    }
 }

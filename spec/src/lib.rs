@@ -16,8 +16,8 @@ pub mod types;
 
 pub use action::{ForwardAction, HistoryAction, PublishAction, RequestAction, RouteAction};
 pub use compile::{
-    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwtPolicy, SpecError,
-    SpecErrors, compile,
+    Bucket, Charge, CompiledApp, CompiledRoute, CompiledTopicRule, JwksPolicy, JwtPolicy,
+    SpecError, SpecErrors, compile,
 };
 pub use topic::{Identity, RenderError, Topic, TopicError, TopicPattern, TopicTemplate};
 pub use types::*;

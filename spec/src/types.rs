@@ -264,6 +264,10 @@ pub struct JwtSettings {
     /// PEM public key, for the `RS*`, `PS*`, `ES*` and `EdDSA` algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_ref: Option<SecretKeyRef>,
+    /// The issuer's published public keys, instead of `publicKeyRef`: keys rotate at
+    /// the issuer without a Secret to update (README, "Keys from a JWKS endpoint").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +281,22 @@ pub struct JwtSettings {
     /// Clock skew tolerated on `exp` and `nbf`; 30 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leeway_seconds: Option<u32>,
+}
+
+/// Where the public keys of the `RS*`, `PS*`, `ES*` and `EdDSA` algorithms are fetched
+/// from, and how often: a JSON Web Key Set (RFC 7517 section 5) served by the issuer.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwksSettings {
+    /// `https://` URL of the key set; plain `http://` only to a loopback host (a local
+    /// issuer or a sidecar), since keys fetched in the clear could be replaced.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Seconds between scheduled refreshes (5 to 86400); 300 when absent. A token with
+    /// an unknown `kid` also triggers a refresh, at most one per 10 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub refresh_seconds: Option<u32>,
 }
 
 /// A key of a Kubernetes Secret. Read from `<secrets-dir>/<name>/<key>`, where the

@@ -725,6 +725,74 @@ fn mixing_public_key_families_is_refused() {
 }
 
 #[test]
+fn jwks_is_an_alternative_to_a_mounted_public_key() {
+    let app = compiles(&jwt(
+        "{algorithms: [RS256, ES256, EdDSA], jwks: {url: \"https://auth.example.com/.well-known/jwks.json\"}}",
+    ));
+    let jwks = app.jwt.unwrap().jwks.expect("jwks policy");
+    assert_eq!(jwks.url, "https://auth.example.com/.well-known/jwks.json");
+    assert_eq!(jwks.refresh, std::time::Duration::from_secs(300));
+    // HS* tokens keep their mounted secret beside the key set.
+    let app = compiles(&jwt(
+        "{algorithms: [HS256, EdDSA], secretRef: {name: s, key: k}, jwks: {url: \"http://127.0.0.1:8080/jwks\", refreshSeconds: 5}}",
+    ));
+    assert_eq!(
+        app.jwt.unwrap().jwks.unwrap().refresh,
+        std::time::Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn jwks_urls_must_be_https_unless_loopback() {
+    for url in [
+        "http://auth.example.com/jwks",
+        "ftp://auth.example.com/jwks",
+        "/jwks",
+    ] {
+        let yaml = jwt(&format!("{{algorithms: [RS256], jwks: {{url: {url:?}}}}}"));
+        assert_only(&yaml, "spec.auth.jwt.jwks.url", "");
+    }
+    let yaml = jwt("{algorithms: [RS256], jwks: {url: \"http://auth.example.com/jwks\"}}");
+    assert_only(&yaml, "spec.auth.jwt.jwks.url", "loopback");
+}
+
+#[test]
+fn jwks_refresh_seconds_are_bounded() {
+    for (seconds, ok) in [
+        (4, false),
+        (5, true),
+        (86400, true),
+        (86401, false),
+        (0, false),
+    ] {
+        let yaml = jwt(&format!(
+            "{{algorithms: [ES256], jwks: {{url: \"https://a.test/jwks\", refreshSeconds: {seconds}}}}}"
+        ));
+        if ok {
+            compiles(&yaml);
+        } else {
+            assert_only(
+                &yaml,
+                "spec.auth.jwt.jwks.refreshSeconds",
+                "between 5 and 86400",
+            );
+        }
+    }
+}
+
+#[test]
+fn jwks_with_a_mounted_public_key_or_only_hmac_is_refused() {
+    let yaml = jwt(
+        "{algorithms: [RS256], publicKeyRef: {name: k, key: pem}, jwks: {url: \"https://a.test/jwks\"}}",
+    );
+    assert_only(&yaml, "spec.auth.jwt.jwks", "not both");
+    let yaml = jwt(
+        "{algorithms: [HS256], secretRef: {name: s, key: k}, jwks: {url: \"https://a.test/jwks\"}}",
+    );
+    assert_only(&yaml, "spec.auth.jwt.jwks", "public keys");
+}
+
+#[test]
 fn secret_ref_must_be_plain_names() {
     for (name, key) in [
         ("a/b", "k"),

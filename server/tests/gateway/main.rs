@@ -13,6 +13,7 @@ mod harness;
 mod heartbeat;
 mod history;
 mod history_nats;
+mod jwks;
 mod limits;
 mod nats;
 mod protocol;
