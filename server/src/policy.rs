@@ -62,8 +62,14 @@ pub fn check_access<'a>(
             format!("{verb_phrase} {topic} needs one of the roles {roles:?}"),
         ));
     }
+    // The segment holds the encoded user id (docs/PROTOCOL.md, "Topics"): decoded, it
+    // must be the caller's own.
     if let Some(owner) = &access.owner
-        && captures.get(owner.as_str()) != Some(&session.identity.user_id.as_str())
+        && captures
+            .get(owner.as_str())
+            .and_then(|segment| switchboard_spec::topic::decode_segment(segment))
+            .as_deref()
+            != Some(session.identity.user_id.as_str())
     {
         return Err(Rejection::new(
             ErrorCode::PermissionDenied,

@@ -5,6 +5,15 @@
 //! the security boundary: it has no `.`, `*`, `>` or whitespace, so a rendered topic
 //! maps one-to-one onto NATS subject tokens and nothing a client sends can form a
 //! wildcard or climb into another app's subject prefix.
+//!
+//! Values rendered into a template (`{roomId}`, `{user.id}`, `{claims.NAME}`) may be
+//! any non-empty string: [`encode_segment`] escapes every byte outside
+//! `[A-Za-z0-9_@+-]` as `=XX` (uppercase hex of its UTF-8 bytes), `=` itself included,
+//! so `auth0|64f1` becomes `auth0=7C64f1` and `ann.lee@example.com`
+//! `ann=2Elee@example=2Ecom`. Ids made of the common characters are unchanged. The
+//! encoding is canonical (one spelling per value), so comparing encoded segments is
+//! comparing values; [`decode_segment`] accepts only that spelling (docs/PROTOCOL.md,
+//! "Topics").
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +58,13 @@ impl Topic {
         Ok(Self(Arc::from(s)))
     }
 
+    /// The topic whose segments hold `values`, each encoded with [`encode_segment`]:
+    /// how a backend names `user:{userId}` for a user id of any shape.
+    pub fn from_values<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, TopicError> {
+        let segments: Vec<String> = values.into_iter().map(encode_segment).collect();
+        Self::parse(&segments.join(":"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -86,6 +102,63 @@ fn check_segment(segment: &str) -> Result<(), TopicError> {
         Some(c) => Err(TopicError::BadChar(c)),
         None => Ok(()),
     }
+}
+
+/// The escape of [`encode_segment`]: `=` and two uppercase hex digits per byte.
+pub const SEGMENT_ESCAPE: u8 = b'=';
+
+/// Bytes a value keeps as they are: the topic alphabet without the escape.
+fn is_plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'@' | b'+' | b'-')
+}
+
+/// A value as one topic segment (see the module docs): reversible, canonical, and
+/// made of topic characters only.
+pub fn encode_segment(value: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        if is_plain_byte(b) {
+            out.push(char::from(b));
+        } else {
+            out.push(char::from(SEGMENT_ESCAPE));
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    out
+}
+
+/// The value [`encode_segment`] made `segment` from; `None` for anything it could not
+/// have made (a lowercase or short escape, an escaped plain byte, a bare `=`, bytes
+/// that are not UTF-8), so one value never has two topics.
+pub fn decode_segment(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == SEGMENT_ESCAPE {
+            let hex = |d: u8| match d {
+                b'0'..=b'9' => Some(d - b'0'),
+                b'A'..=b'F' => Some(d - b'A' + 10),
+                _ => None,
+            };
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            let decoded = (hi << 4) | lo;
+            if is_plain_byte(decoded) {
+                return None;
+            }
+            out.push(decoded);
+            i += 3;
+        } else if is_plain_byte(b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Where a template variable takes its value from.
@@ -180,10 +253,13 @@ impl TopicTemplate {
                     Part::Literal(l) => out.push_str(l),
                     Part::Var(var) => {
                         let (pointer, value) = resolve(var, payload, identity)?;
-                        if let Err(reason) = check_value(&value) {
-                            return Err(RenderError::Invalid { pointer, reason });
+                        if value.is_empty() {
+                            return Err(RenderError::Invalid {
+                                pointer,
+                                reason: TopicError::EmptySegment,
+                            });
                         }
-                        out.push_str(&value);
+                        out.push_str(&encode_segment(&value));
                     }
                 }
             }
@@ -193,11 +269,6 @@ impl TopicTemplate {
             reason,
         })
     }
-}
-
-/// A value substituted into a topic must stay inside its segment.
-fn check_value(value: &str) -> Result<(), TopicError> {
-    check_segment(value)
 }
 
 fn resolve(
@@ -396,12 +467,50 @@ mod tests {
     }
 
     #[test]
-    fn values_cannot_escape_their_segment() {
+    fn values_stay_inside_their_segment_encoded() {
         let t = TopicTemplate::parse("room:{roomId}").unwrap();
-        for evil in ["a.b", "*", ">", "a:b", "sb.ns.other.t.x", "", "a b", "é"] {
-            let err = t.render(&json!({ "roomId": evil }), &alice()).unwrap_err();
-            assert_eq!(err.pointer(), "/roomId", "{evil:?} must be rejected");
+        for evil in [
+            "a.b",
+            "*",
+            ">",
+            "a:b",
+            "sb.ns.other.t.x",
+            "a b",
+            "é",
+            "a=2Eb",
+        ] {
+            let topic = t.render(&json!({ "roomId": evil }), &alice()).unwrap();
+            let segments: Vec<&str> = topic.segments().collect();
+            assert_eq!(segments.len(), 2, "{evil:?} became {topic}");
+            assert!(!topic.as_str().contains(['.', '*', '>', ' ']), "{topic}");
+            assert_eq!(decode_segment(segments[1]).as_deref(), Some(evil));
         }
+        let err = t.render(&json!({ "roomId": "" }), &alice()).unwrap_err();
+        assert_eq!(err.pointer(), "/roomId");
+    }
+
+    #[test]
+    fn real_world_ids_have_one_readable_spelling() {
+        for (value, segment) in [
+            ("alice", "alice"),
+            ("auth0|64f1c2", "auth0=7C64f1c2"),
+            ("ann.lee@example.com", "ann=2Elee@example=2Ecom"),
+            ("a=b", "a=3Db"),
+            ("é", "=C3=A9"),
+        ] {
+            assert_eq!(encode_segment(value), segment);
+            assert_eq!(decode_segment(segment).as_deref(), Some(value));
+        }
+        // Spellings the encoder never makes decode to nothing.
+        for other in ["a=7c", "a=", "a=3", "=41", "a.b", "=FF"] {
+            assert_eq!(decode_segment(other), None, "{other:?}");
+        }
+        assert_eq!(
+            Topic::from_values(["user", "auth0|64f1c2"])
+                .unwrap()
+                .as_str(),
+            "user:auth0=7C64f1c2"
+        );
     }
 
     #[test]

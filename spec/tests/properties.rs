@@ -9,6 +9,7 @@
 
 use proptest::prelude::*;
 use serde_json::json;
+use switchboard_spec::topic::{decode_segment, encode_segment};
 use switchboard_spec::{Identity, Topic, TopicTemplate, load, parse_manifest};
 use switchboard_tests::corpus::{self, Seed};
 
@@ -146,6 +147,19 @@ proptest! {
                     "segment {segment:?} of {topic}"
                 );
             }
+            let (_, value_segment) = topic.as_str().split_once(':').unwrap();
+            prop_assert_eq!(decode_segment(value_segment), Some(value.clone()), "{} does not decode back", topic);
+        }
+    }
+
+    #[test]
+    fn every_value_has_exactly_one_segment_spelling(value in "\\PC{1,40}", other in "[A-Za-z0-9_@=+-]{1,12}") {
+        let segment = encode_segment(&value);
+        prop_assert_eq!(decode_segment(&segment), Some(value));
+        // Any other topic-alphabet text either decodes to a value that encodes back to
+        // it, or to nothing: never a second spelling of some value.
+        if let Some(decoded) = decode_segment(&other) {
+            prop_assert_eq!(encode_segment(&decoded), other);
         }
     }
 }

@@ -181,6 +181,31 @@ async fn a_private_topic_is_only_for_its_owner() {
 }
 
 #[tokio::test]
+async fn any_user_id_fills_a_private_topic_encoded_and_only_its_owner_gets_in() {
+    let server = TestServer::start(TEST_APP).await;
+    for (id, topic) in [
+        ("auth0|64f1c2", "user:auth0=7C64f1c2"),
+        ("ann.lee@example.com", "user:ann=2Elee@example=2Ecom"),
+        ("a=b", "user:a=3Db"),
+    ] {
+        let mut owner = server.client_with_token(&hs256(claims(id, 60))).await;
+        let ack = owner.call("WATCH", "w", json!({"userId": id})).await;
+        assert_eq!(ack["payload"]["topic"], topic, "{ack}");
+        // Someone else's id, and the encoded spelling sent as if it were an id (it
+        // is encoded again, so it names a different user), are refused.
+        let mut other = server.client_with_token(&hs256(claims("eve", 60))).await;
+        let e = other.call("WATCH", "e", json!({"userId": id})).await;
+        assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("e"));
+        let encoded = topic.strip_prefix("user:").unwrap();
+        let e = owner.call("WATCH", "x", json!({"userId": encoded})).await;
+        if encoded != id {
+            assert_error(&e, "ERROR", "PERMISSION_DENIED", Some("x"));
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn subscriptions_per_connection_are_capped() {
     let server = TestServer::start(TEST_APP).await;
     let mut c = server.client().await;
