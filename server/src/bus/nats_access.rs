@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::{ConnectErrorKind, ConnectOptions};
 use switchboard_spec::{NatsSettings, SecretKeyRef};
 
+use super::outage;
+
 /// Why the bus cannot be used as the spec says.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -115,6 +117,15 @@ pub async fn probe(
     let field = match error.kind() {
         ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => "auth",
         ConnectErrorKind::Tls => "tls",
+        // A NATS server that rejects the client's certificate (or its lack of one)
+        // ends the connection after the handshake: an I/O error on a TCP connection
+        // that works.
+        ConnectErrorKind::Io
+            if settings.tls.is_some()
+                && outage::probe(&outage::first_address(url)).await.is_none() =>
+        {
+            "tls"
+        }
         _ => return Ok(()),
     };
     Err(AccessError::Refused {
