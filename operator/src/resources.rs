@@ -153,6 +153,9 @@ impl<'a> Plan<'a> {
             .flat_map(|j| [j.secret_ref.clone(), j.public_key_ref.clone()])
             .flatten()
             .collect();
+        // The bus's credentials and certificates (spec.nats.auth, spec.nats.tls).
+        let nats = self.app.spec.nats.iter().flat_map(|n| n.secret_refs());
+        refs.extend(nats.map(|(_, r)| r.clone()));
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.dedup_by(|a, b| a.name == b.name);
         refs
@@ -417,6 +420,45 @@ mod tests {
         assert!(mounts.as_array().unwrap().iter().any(|m| m["mountPath"]
             == "/etc/switchboard/secrets/chat-jwt"
             && m["readOnly"] == true));
+    }
+
+    #[test]
+    fn bus_secrets_are_mounted_once_each() {
+        let r = |name: &str, key: &str| SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        };
+        let a = app(|a| {
+            a.spec.nats = Some(switchboard_spec::NatsSettings {
+                url: "tls://n:4222".into(),
+                auth: Some(switchboard_spec::NatsAuth {
+                    nkey_seed_ref: Some(r("chat-nats", "seed")),
+                    ..Default::default()
+                }),
+                tls: Some(switchboard_spec::NatsTls {
+                    ca_ref: Some(r("nats-ca", "ca.crt")),
+                    cert_ref: Some(r("chat-nats", "tls.crt")),
+                    key_ref: Some(r("chat-nats", "tls.key")),
+                }),
+                ..Default::default()
+            })
+        });
+        let dep = serde_json::to_value(Plan::new(&a, &defaults()).unwrap().deployment().unwrap())
+            .unwrap();
+        let mounts = dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .filter(|p| p.starts_with("/etc/switchboard/secrets/"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            mounts,
+            [
+                "/etc/switchboard/secrets/chat-nats",
+                "/etc/switchboard/secrets/nats-ca"
+            ]
+        );
     }
 
     #[test]
