@@ -1,5 +1,6 @@
 //! `spec.nats.auth` and `spec.nats.tls` against a real nats-server requiring each: a
-//! token, an nkey, TLS with a client certificate (CA and certificates made here); and
+//! token, an nkey, a `.creds` file (NATS in operator mode, its JWTs signed here), TLS
+//! with a client certificate (CA and certificates made here); and
 //! credentials NATS refuses, which fail the start with the field to fix. (User and
 //! password: bus_security.rs.)
 
@@ -171,4 +172,85 @@ async fn tls_with_a_client_certificate_connects_and_without_one_fails_the_start(
     let error = refused(&no_ca, &url, &secrets[1..]).await;
     assert!(error.contains("spec.nats.tls"), "{error}");
     let _ = std::fs::remove_dir_all(&files);
+}
+
+/// A JWT of the NATS decentralized auth model: `claims` (with `nats.type`), issued by
+/// `issuer` for `subject`, signed with the issuer's nkey (algorithm `ed25519-nkey`).
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{:032X}", rand::random::<u128>()),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "name": "switchboard-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+#[tokio::test]
+async fn a_creds_file_logs_in_to_nats_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
+        "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        serde_json::json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}),
+    );
+    // JetStream (the test NATS has it on) needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let config = format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {sys}: {system_jwt}, {}: {account_jwt} }}",
+        account.public_key(),
+        sys = system.public_key(),
+    );
+    let nats = NatsServer::start_with_config(&config, &[]).await;
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().unwrap()
+    );
+    let yaml = app("auth: {credsRef: {name: nats, key: user.creds}}");
+    connects(
+        &yaml,
+        &nats.url(),
+        &[("nats", "user.creds", creds.as_bytes())],
+    )
+    .await;
+    let error = refused(&yaml, &nats.url(), &[("nats", "user.creds", b"not creds")]).await;
+    assert!(error.contains("spec.nats.auth.credsRef"), "{error}");
+    // A user the account did not sign is refused.
+    let stranger = nkeys::KeyPair::new_user();
+    let forged = creds.replace(&user.seed().unwrap(), &stranger.seed().unwrap());
+    let error = refused(
+        &yaml,
+        &nats.url(),
+        &[("nats", "user.creds", forged.as_bytes())],
+    )
+    .await;
+    assert!(error.contains("spec.nats.auth"), "{error}");
 }
