@@ -13,12 +13,16 @@ use super::outage;
 /// Why the bus cannot be used as the spec says.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
+    /// A Secret the spec names is not mounted (or not readable) where the operator
+    /// mounts it.
     #[error("spec.nats.{field}: cannot read {}: {source}", path.display())]
     Unreadable {
+        /// The field under `spec.nats` naming the Secret, for the user to fix.
         field: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The `credsRef` Secret holds no user JWT and seed.
     #[error("spec.nats.auth.credsRef: {} is not a NATS .creds file: {source}", path.display())]
     NotCreds {
         path: PathBuf,
@@ -27,8 +31,10 @@ pub enum AccessError {
     /// The NATS server answered and refused: retrying would not help.
     #[error("spec.nats.{field}: the NATS server at {url} refused this replica: {cause}")]
     Refused {
+        /// `auth` or `tls`: which settings it refused.
         field: &'static str,
         url: String,
+        /// What async-nats reports, e.g. "authorization violation".
         cause: String,
     },
 }
