@@ -220,7 +220,7 @@ async fn reconcile_app(app: Arc<RealtimeApp>, ctx: &Context) -> Result<(Outcome,
     // 3. The history stream, where history topics live on NATS: a stream JetStream
     //    refuses would leave every new pod unready.
     if let (Some(nats), Some(config)) = (&app.spec.nats, history_stream::config(&compiled))
-        && let Err(problem) = ctx.history_streams.ensure(&nats.url, config).await
+        && let Err(problem) = ctx.history_streams.ensure(nats, config).await
     {
         degrade(
             ctx,

@@ -9,14 +9,17 @@
 //! The operator reaches NATS at `spec.nats.url`, as the pods do. When it cannot (a
 //! network policy, NATS still starting), it cannot judge the stream, so it says so in
 //! its log and rolls out as it would without history: the pods report the stream in
-//! their readiness.
+//! their readiness. The same holds, without trying, for a bus that needs
+//! `spec.nats.auth` or `spec.nats.tls`: the operator never reads the app's Secrets (it
+//! would need `get` on every Secret of the cluster), so it holds no bus credentials.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::CreateStreamErrorKind, stream};
+use switchboard_spec::NatsSettings;
 use tokio::sync::Mutex;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long connecting to NATS, and then JetStream's answer, may take.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,7 +60,16 @@ pub struct HistoryStreams {
 impl HistoryStreams {
     /// Creates or updates the stream to `config` (idempotent: the pods ask for the
     /// same). `Ok` too when NATS cannot be reached (see the module docs).
-    pub async fn ensure(&self, url: &str, config: stream::Config) -> Result<(), StreamProblem> {
+    pub async fn ensure(
+        &self,
+        nats: &NatsSettings,
+        config: stream::Config,
+    ) -> Result<(), StreamProblem> {
+        let url = nats.url.as_str();
+        if nats.auth.is_some() || nats.tls.is_some() {
+            debug!(%url, stream = %config.name, "the bus needs credentials the operator does not hold; the pods put the history stream in place and report it in their readiness");
+            return Ok(());
+        }
         let Some(client) = self.client(url).await else {
             return Ok(());
         };

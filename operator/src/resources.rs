@@ -187,6 +187,11 @@ impl<'a> Plan<'a> {
                 ));
             }
         }
+        if let Some(nats) = &spec.nats {
+            for (field, r) in nats.secret_refs() {
+                keys.push((format!("spec.nats.{field}"), r.clone()));
+            }
+        }
         keys
     }
 
@@ -588,6 +593,45 @@ mod tests {
         assert_eq!(path["path"], "/ws");
         assert_eq!(path["backend"]["service"]["name"], "chat");
         assert_eq!(plan.endpoint(), "wss://chat.example.com/ws");
+    }
+
+    #[test]
+    fn bus_secrets_are_mounted_once_each() {
+        let r = |name: &str, key: &str| SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        };
+        let a = app(|a| {
+            a.spec.nats = Some(switchboard_spec::NatsSettings {
+                url: "tls://n:4222".into(),
+                auth: Some(switchboard_spec::NatsAuth {
+                    nkey_seed_ref: Some(r("chat-nats", "seed")),
+                    ..Default::default()
+                }),
+                tls: Some(switchboard_spec::NatsTls {
+                    ca_ref: Some(r("nats-ca", "ca.crt")),
+                    cert_ref: Some(r("chat-nats", "tls.crt")),
+                    key_ref: Some(r("chat-nats", "tls.key")),
+                }),
+                ..Default::default()
+            })
+        });
+        let dep = serde_json::to_value(Plan::new(&a, &defaults()).unwrap().deployment().unwrap())
+            .unwrap();
+        let mounts = dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .filter(|p| p.starts_with("/etc/switchboard/secrets/"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            mounts,
+            [
+                "/etc/switchboard/secrets/chat-nats",
+                "/etc/switchboard/secrets/nats-ca"
+            ]
+        );
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!   `replySchema` `{userId, displayName}`; the server turns it into a `PROFILE` frame.
 //! - `…evt.<subject>`: fire-and-forget messages from `forward` routes. (The example chat
 //!   app declares none; add `forward: {subject: ...}` to a route to see them here.)
-//! - `…t.<topic segments>`: topic deliveries. A backend publishes `{"type", "payload"}`
-//!   to a topic's subject and every subscriber on every replica receives it, provided
-//!   the payload is valid for a route that emits that type.
+//! - `…t.<topic segments>`: publishes into topics. A backend publishes `{"type",
+//!   "payload"}` to a topic's subject and every subscriber on every replica receives
+//!   it, provided the payload is valid for a route that emits that type. (Replicas
+//!   hand each other client publishes on `…x.<topic segments>`, which a backend needs
+//!   neither to publish nor to subscribe to: README, "Securing the bus".)
 //!
 //! Run it next to one or more servers sharing a NATS server:
 //!
@@ -224,8 +226,8 @@ async fn announce_in_lobby(client: &Client, subject: &str, n: u64) {
             "text": format!("Announcement #{n} from the example backend: be kind."),
         },
     });
-    // Optional: `Sb-User` becomes the delivery's `meta.publisher`. Never set `Sb-Origin`
-    // here: its presence marks a frame published by a replica, which skips the check.
+    // Optional: `Sb-User` becomes the delivery's `meta.publisher`. Every message on
+    // this subject is checked, whatever other headers it carries.
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_USER, "system");
     let body = Bytes::from(envelope.to_string());

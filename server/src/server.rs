@@ -64,7 +64,7 @@ impl Server {
             .or_else(|| app.spec.nats.as_ref().map(|n| n.url.clone()));
         let nats = match &nats_url {
             Some(url) => Some(
-                nats::connect(url, &instance, metrics.clone())
+                nats::connect(url, &app, &config.secrets_dir, &instance, metrics.clone())
                     .await
                     .with_context(|| format!("cannot use NATS at {url}"))?,
             ),
@@ -104,7 +104,7 @@ impl Server {
         if let Some(client) = presence_client
             && state.app.topics.iter().any(|t| t.presence.is_some())
         {
-            let subject = format!("{}.presence", NatsBus::subjects_of(&state.app).base());
+            let subject = NatsBus::subjects_of(&state.app).presence();
             let replica = PresenceReplica::start(client, subject, &state);
             let _ = state.presence_replica.set(replica);
         }

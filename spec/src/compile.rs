@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::action::{ForwardAction, HistoryAction, PublishAction, RequestAction, RouteAction};
 use crate::topic::{TemplateVar, TopicPattern, TopicTemplate};
 use crate::types::{
-    AppManifest, HistorySettings, JwksSettings, PresenceSettings, RateLimitKey, RealtimeAppSpec,
-    SecretKeyRef, TopicAccess,
+    AppManifest, HistorySettings, JwksSettings, NatsSettings, PresenceSettings, RateLimitKey,
+    RealtimeAppSpec, SecretKeyRef, TopicAccess,
 };
 
 /// Longest message `type` (docs/PROTOCOL.md §2).
@@ -414,6 +414,7 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
                 "must be dot-separated tokens of [A-Za-z0-9_-]",
             );
         }
+        check_nats_access(nats, p);
     }
     if let Some(origins) = &spec.allowed_origins {
         for (i, o) in origins.iter().enumerate() {
@@ -430,6 +431,55 @@ fn check_settings(spec: &RealtimeAppSpec, p: &mut Problems) {
                     "must be an origin like https://chat.example.com (scheme and host, no path or trailing '/')",
                 );
             }
+        }
+    }
+}
+
+/// `spec.nats.auth` names one way of logging in, `spec.nats.tls` a whole client
+/// certificate, and every Secret key is a plain name.
+fn check_nats_access(nats: &NatsSettings, p: &mut Problems) {
+    if let Some(auth) = &nats.auth {
+        let ways = [
+            auth.user.is_some() || auth.password_ref.is_some(),
+            auth.token_ref.is_some(),
+            auth.nkey_seed_ref.is_some(),
+            auth.creds_ref.is_some(),
+        ];
+        match ways.iter().filter(|w| **w).count() {
+            0 => p.add(
+                "spec.nats.auth",
+                "names no way to log in: set user and passwordRef, tokenRef, nkeySeedRef or credsRef",
+            ),
+            1 => {}
+            _ => p.add(
+                "spec.nats.auth",
+                "names more than one way to log in: set only one of user and passwordRef, tokenRef, nkeySeedRef, credsRef",
+            ),
+        }
+        if auth.user.is_some() != auth.password_ref.is_some() {
+            p.add(
+                "spec.nats.auth.passwordRef",
+                "user and passwordRef go together",
+            );
+        }
+        if auth.user.as_deref().is_some_and(str::is_empty) {
+            p.add("spec.nats.auth.user", "must not be empty");
+        }
+    }
+    if let Some(tls) = &nats.tls
+        && tls.cert_ref.is_some() != tls.key_ref.is_some()
+    {
+        p.add(
+            "spec.nats.tls.keyRef",
+            "certRef and keyRef go together: a client certificate needs its key",
+        );
+    }
+    for (field, r) in nats.secret_refs() {
+        if !is_path_component(&r.name) || !is_path_component(&r.key) {
+            p.add(
+                format!("spec.nats.{field}"),
+                "name and key must be plain names (no '/' or '..')",
+            );
         }
     }
 }

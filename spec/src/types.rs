@@ -162,6 +162,79 @@ pub struct NatsSettings {
     /// 256 MiB when absent. The oldest publications go first when it is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_max_bytes: Option<u64>,
+    /// How the replicas log in to NATS, so that NATS permissions can tell them from
+    /// backends (README, "Securing the bus"); anonymous when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuth>,
+    /// TLS towards NATS: required when present (also for a `nats://` URL), with the
+    /// system's roots unless `caRef` names the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTls>,
+}
+
+/// One way of logging in to NATS: `user` with `passwordRef`, or `tokenRef`, or
+/// `nkeySeedRef`, or `credsRef` (exactly one). Secrets are read from
+/// `<secrets-dir>/<name>/<key>`, as the operator mounts them.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsAuth {
+    /// User name; with `passwordRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's password (a trailing newline is not part of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_ref: Option<SecretKeyRef>,
+    /// A token (`authorization { token: ... }` in nats-server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ref: Option<SecretKeyRef>,
+    /// An nkey seed (`SU...`), whose public key nats-server lists as a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_ref: Option<SecretKeyRef>,
+    /// A `.creds` file (user JWT and seed), for NATS in operator mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_ref: Option<SecretKeyRef>,
+}
+
+/// Certificates for TLS towards NATS, each a PEM file in a Secret.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsTls {
+    /// The CA that signed the NATS server's certificate, when not a public one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<SecretKeyRef>,
+    /// A client certificate, for a NATS server that verifies clients; with `keyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_ref: Option<SecretKeyRef>,
+    /// The client certificate's private key; with `certRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<SecretKeyRef>,
+}
+
+impl NatsSettings {
+    /// Every Secret key the bus reads, with its field's name under `spec.nats`: for the
+    /// server to read, the operator to mount, and `compile()` to check.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        let auth = self.auth.as_ref();
+        let tls = self.tls.as_ref();
+        [
+            (
+                "auth.passwordRef",
+                auth.and_then(|a| a.password_ref.as_ref()),
+            ),
+            ("auth.tokenRef", auth.and_then(|a| a.token_ref.as_ref())),
+            (
+                "auth.nkeySeedRef",
+                auth.and_then(|a| a.nkey_seed_ref.as_ref()),
+            ),
+            ("auth.credsRef", auth.and_then(|a| a.creds_ref.as_ref())),
+            ("tls.caRef", tls.and_then(|t| t.ca_ref.as_ref())),
+            ("tls.certRef", tls.and_then(|t| t.cert_ref.as_ref())),
+            ("tls.keyRef", tls.and_then(|t| t.key_ref.as_ref())),
+        ]
+        .into_iter()
+        .filter_map(|(field, r)| Some((field, r?)))
+        .collect()
+    }
 }
 
 /// Where a client's address comes from when proxies stand in front of the pods

@@ -879,6 +879,61 @@ fn bad_nats_url_is_refused() {
 }
 
 #[test]
+fn nats_credentials_name_one_way_to_log_in() {
+    let nats = |rest: &str| with_spec(&format!("nats: {{url: \"nats://n:4222\", {rest}}}"));
+    let r = |name: &str| format!("{{name: s-{name}, key: k}}");
+    for ok in [
+        format!("auth: {{user: sb, passwordRef: {}}}", r("p")),
+        format!("auth: {{tokenRef: {}}}", r("t")),
+        format!("auth: {{nkeySeedRef: {}}}", r("n")),
+        format!("auth: {{credsRef: {}}}", r("c")),
+        "tls: {}".to_owned(),
+        format!(
+            "tls: {{caRef: {}, certRef: {}, keyRef: {}}}",
+            r("ca"),
+            r("c"),
+            r("c")
+        ),
+    ] {
+        compiles(&nats(&ok));
+    }
+    assert_only(
+        &nats("auth: {}"),
+        "spec.nats.auth",
+        "names no way to log in",
+    );
+    assert_only(
+        &nats(&format!(
+            "auth: {{tokenRef: {}, nkeySeedRef: {}}}",
+            r("t"),
+            r("n")
+        )),
+        "spec.nats.auth",
+        "more than one way",
+    );
+    assert_only(
+        &nats("auth: {user: sb}"),
+        "spec.nats.auth.passwordRef",
+        "go together",
+    );
+    assert_only(
+        &nats(&format!("auth: {{passwordRef: {}}}", r("p"))),
+        "spec.nats.auth.passwordRef",
+        "go together",
+    );
+    assert_only(
+        &nats(&format!("tls: {{certRef: {}}}", r("c"))),
+        "spec.nats.tls.keyRef",
+        "go together",
+    );
+    assert_only(
+        &nats("auth: {tokenRef: {name: \"../x\", key: k}}"),
+        "spec.nats.auth.tokenRef",
+        "plain names",
+    );
+}
+
+#[test]
 fn bad_subject_prefix_is_refused() {
     let yaml = with_spec("nats: {url: \"nats://n:4222\", subjectPrefix: \"sb.*\"}");
     assert_only(&yaml, "spec.nats.subjectPrefix", "dot-separated tokens");

@@ -22,6 +22,11 @@ pub struct NatsServer {
     dir: PathBuf,
     /// Off only to test what happens on a NATS without it.
     jetstream: bool,
+    /// A config file (`-c`), for authorization and TLS; its listen addresses are
+    /// overridden by the flags.
+    config: Option<PathBuf>,
+    /// Environment variables the config refers to (`$NAME`), e.g. passwords.
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -35,19 +40,49 @@ impl NatsServer {
         Self::start_with(false).await
     }
 
-    async fn start_with(jetstream: bool) -> Self {
+    /// With JetStream and the nats-server config `config` (written into the server's
+    /// directory as `nats.conf`, so it may name files put there with [`Self::dir_for`]),
+    /// `env` set for the `$NAME`s it uses.
+    pub async fn start_with_config(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = Self::dir_for();
+        let file = dir.join("nats.conf");
+        std::fs::write(&file, config).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_in(dir, true, Some(file), env).await
+    }
+
+    /// A fresh directory for the next server's files (its config, certificates).
+    pub fn dir_for() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "sb-nats-{}-{:x}",
             std::process::id(),
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn start_with(jetstream: bool) -> Self {
+        Self::start_in(Self::dir_for(), jetstream, None, Vec::new()).await
+    }
+
+    async fn start_in(
+        dir: PathBuf,
+        jetstream: bool,
+        config: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let mut server = Self {
             child: None,
             port: 0,
             monitor: 0,
             dir,
             jetstream,
+            config,
+            env,
         };
         // Another process may take a port between the check and nats-server's bind.
         for _ in 0..5 {
@@ -79,7 +114,11 @@ impl NatsServer {
                 &self.monitor.to_string(),
             ])
             .arg("--ports_file_dir")
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
         if self.jetstream {
             // File storage in the server's own directory: history survives a
             // restart, as on a real NATS deployment.
@@ -189,6 +228,33 @@ impl NatsServer {
     /// A plain NATS client, as a backend would use.
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.unwrap()
+    }
+
+    /// A client logged in as `user`; every error the server sends it (a permissions
+    /// violation, say) arrives on the receiver.
+    pub async fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .user_and_password(user.to_owned(), password.to_owned())
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(self.url())
+            .await
+            .unwrap();
+        (client, rx)
     }
 }
 

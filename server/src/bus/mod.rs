@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod nats;
+mod nats_access;
 mod outage;
 
 use std::future::Future;
@@ -81,9 +82,9 @@ switchboard_ops::label_values! {
     /// Who published a topic message that arrived over NATS: the `source` of
     /// `switchboard_bus_messages_received_total`.
     pub enum BusSource {
-        /// Another replica (it stamps its origin header).
+        /// Another replica, on the replica subject of the topic.
         Replica => "replica",
-        /// A backend publishing into a topic.
+        /// Anyone on the topic's backend subject, checked as a backend publish.
         Backend => "backend",
     }
 }

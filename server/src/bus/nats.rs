@@ -1,9 +1,15 @@
 //! The NATS bus: replicas of one app share topics, and backends in any language join.
 //!
 //! Subjects (docs/PROTOCOL.md §8), with `P` = `<prefix>.<namespace>.<app>`:
-//! - `P.t.<topic segments as tokens>`: topic deliveries, between replicas and from backends;
+//! - `P.t.<topic segments as tokens>`: backends' publishes into topics, every one
+//!   checked against the emitting route's schema whatever its headers say;
+//! - `P.x.<topic segments as tokens>`: deliveries between replicas, which backends have
+//!   no reason to publish on, so NATS permissions can keep them out (README, "Securing
+//!   the bus");
 //! - `P.rpc.<subject>`: requests to backends (which use queue groups);
-//! - `P.evt.<subject>`: fire-and-forget messages to backends.
+//! - `P.evt.<subject>`: fire-and-forget messages to backends;
+//! - `P._inbox.>`: the replicas' reply subjects, so that what answers them (backends,
+//!   JetStream) stays inside the app's server-only subjects.
 //!
 //! Interest-based: a replica subscribes to a topic's subject only while it has local
 //! subscribers. Changes go through one manager task that re-reads the registry before
@@ -31,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::nats_access;
 use super::outage::{self, OutageLog};
 use super::{
     Bus, BusRejectReason, BusSource, Delivery, DrainFuture, RpcError, RpcFuture, SubscribedFuture,
@@ -43,7 +50,8 @@ use crate::trace::{self, SPAN_TARGET};
 
 /// Header names on bus messages.
 pub mod header {
-    /// Instance that published a replica delivery. Its absence marks a backend publish.
+    /// Instance that published (for logs and traces). Never trusted: whether a topic
+    /// message is a replica's or a backend's follows from its subject alone.
     pub const ORIGIN: &str = "Sb-Origin";
     /// Connection that published (and, with `Sb-Exclude`, must not receive it).
     pub const CONNECTION: &str = "Sb-Connection";
@@ -74,10 +82,17 @@ impl Subjects {
         }
     }
 
-    /// Topic segments become subject tokens. The topic alphabet has no `.`, `*`, `>`
-    /// or whitespace, so this can never form a wildcard or leave the app's prefix.
+    /// Where backends publish into `topic`. Topic segments become subject tokens. The
+    /// topic alphabet has no `.`, `*`, `>` or whitespace, so this can never form a
+    /// wildcard or leave the app's prefix.
     pub fn topic(&self, topic: &Topic) -> String {
         self.under("t", topic)
+    }
+
+    /// Where replicas hand each other `topic`'s deliveries: apart from [`Subjects::topic`]
+    /// so that a backend allowed to publish there cannot pose as a replica.
+    pub fn replica(&self, topic: &Topic) -> String {
+        self.under("x", topic)
     }
 
     /// Where a history topic's publications are stored (the app's JetStream stream).
@@ -126,6 +141,18 @@ impl Subjects {
         format!("{}.evt.{subject}", self.base)
     }
 
+    /// Presence between replicas (`crate::presence_nats`).
+    pub fn presence(&self) -> String {
+        format!("{}.presence", self.base)
+    }
+
+    /// The replicas' inbox prefix: answers to their requests (backends' replies,
+    /// JetStream's acks and reads) come back under the app's own subjects, which only
+    /// servers may subscribe to, instead of the shared `_INBOX.>`.
+    pub fn inbox_prefix(&self) -> String {
+        format!("{}._inbox", self.base)
+    }
+
     /// `<prefix>.<namespace>.<app>`, under which every subject of the app lives.
     pub fn base(&self) -> &str {
         &self.base
@@ -164,20 +191,27 @@ pub struct NatsBus {
     interest: mpsc::UnboundedSender<Interest>,
 }
 
-/// Connects to NATS. Returns at once: the first connection is retried in the
-/// background (a pod must come up while NATS is briefly away), as are reconnects.
+/// Connects to NATS for `app`, with the credentials and TLS of `spec.nats` (read from
+/// `secrets_dir`). Returns once NATS has accepted them or cannot be reached: the first
+/// connection is retried in the background (a pod must come up while NATS is briefly
+/// away), as are reconnects; credentials NATS refuses are an error.
 pub async fn connect(
     url: &str,
+    app: &CompiledApp,
+    secrets_dir: &std::path::Path,
     instance: &str,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<NatsConnection> {
+    let settings = app.spec.nats.as_ref();
+    nats_access::probe(settings, secrets_dir, url).await?;
     let connected = metrics.bus.connected.clone();
     let connected_once = Arc::new(AtomicBool::new(false));
     let first = connected_once.clone();
     let outage = Arc::new(Mutex::new(OutageLog::default()));
     let url_for_log: Arc<str> = Arc::from(url);
-    let client = async_nats::ConnectOptions::new()
+    let client = nats_access::options(settings, secrets_dir)?
         .name(format!("switchboard-server {instance}"))
+        .custom_inbox_prefix(NatsBus::subjects_of(app).inbox_prefix())
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -308,7 +342,7 @@ impl Bus for NatsBus {
         }
         insert_trace_context(&mut headers, &span);
         let _ = self.enqueue(Outgoing {
-            subject: self.subjects.topic(&delivery.topic),
+            subject: self.subjects.replica(&delivery.topic),
             headers,
             payload: delivery.frame,
         });
@@ -412,6 +446,17 @@ async fn publish_loop(
     }
 }
 
+/// Subscribes to `topic`'s backend and replica subjects; both or neither.
+async fn subscribe_topic(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    topic: &Topic,
+) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
+    let backends = client.subscribe(subjects.topic(topic)).await?;
+    let replicas = client.subscribe(subjects.replica(topic)).await?;
+    Ok((backends, replicas))
+}
+
 /// Keeps exactly the topic subscriptions the registry needs.
 async fn interest_loop(
     client: async_nats::Client,
@@ -424,12 +469,17 @@ async fn interest_loop(
     while let Some(Interest { topic, confirmed }) = rx.recv().await {
         let wanted = registry.subscriber_count(&topic) > 0;
         match (wanted, active.contains_key(&topic)) {
-            (true, false) => match client.subscribe(subjects.topic(&topic)).await {
-                Ok(sub) => {
-                    // The server must have the SUB before we count it as active (and
-                    // confirm it): publishes from other replicas reach us from then on.
+            (true, false) => match subscribe_topic(&client, &subjects, &topic).await {
+                Ok((backends, replicas)) => {
+                    // The server must have the SUBs before we count them as active (and
+                    // confirm them): publishes from other replicas reach us from then on.
                     round_trip(&client).await;
-                    let task = tokio::spawn(read_topic(topic.clone(), sub, inbound.clone()));
+                    let task = tokio::spawn(read_topic(
+                        topic.clone(),
+                        backends,
+                        replicas,
+                        inbound.clone(),
+                    ));
                     active.insert(topic, task);
                 }
                 Err(e) => warn!(%topic, error = %e, "cannot subscribe on NATS"),
@@ -586,9 +636,19 @@ impl BackendCheck {
     }
 }
 
-async fn read_topic(topic: Topic, mut sub: Subscriber, inbound: Arc<Inbound>) {
-    while let Some(msg) = sub.next().await {
-        inbound.handle(&topic, msg);
+/// Reads a topic's two subjects; which one a message came on says who sent it.
+async fn read_topic(
+    topic: Topic,
+    backends: Subscriber,
+    replicas: Subscriber,
+    inbound: Arc<Inbound>,
+) {
+    let mut both = futures_util::stream::select(
+        backends.map(|msg| (BusSource::Backend, msg)),
+        replicas.map(|msg| (BusSource::Replica, msg)),
+    );
+    while let Some((source, msg)) = both.next().await {
+        inbound.handle(&topic, source, msg);
     }
 }
 
@@ -603,21 +663,28 @@ fn insert_trace_context(headers: &mut HeaderMap, span: &tracing::Span) {
 }
 
 impl Inbound {
-    fn handle(&self, topic: &Topic, msg: async_nats::Message) {
+    /// `source` is the subject's kind: on a backend subject, `Sb-Origin` means nothing
+    /// and every message is checked as a backend publish.
+    fn handle(&self, topic: &Topic, source: BusSource, msg: async_nats::Message) {
         let header = |name: &str| {
             msg.headers
                 .as_ref()
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
-        let origin = header(header::ORIGIN);
+        let replica = source == BusSource::Replica;
+        let origin = if replica {
+            header(header::ORIGIN)
+        } else {
+            None
+        };
         // A root here unless the publisher (replica or backend) sent its context.
         let span = tracing::info_span!(
             target: SPAN_TARGET,
             parent: None,
             "bus.receive",
             topic = %topic,
-            source = if origin.is_some() { "replica" } else { "backend" },
+            source = if replica { "replica" } else { "backend" },
             origin = origin.as_deref().unwrap_or(""),
         );
         if !span.is_disabled() {
@@ -628,8 +695,8 @@ impl Inbound {
             );
         }
         let _entered = span.enter();
-        let delivery = if origin.is_some() {
-            self.metrics.bus.received.inc(BusSource::Replica);
+        self.metrics.bus.received.inc(source);
+        let delivery = if replica {
             let message_type = header(header::TYPE).unwrap_or_default();
             if let Err(reason) = self.check_replica_frame(&msg.payload, &message_type) {
                 self.reject(topic, reason, "dropped a replica frame");
@@ -643,7 +710,6 @@ impl Inbound {
                 published_at: Instant::now(),
             }
         } else {
-            self.metrics.bus.received.inc(BusSource::Backend);
             match self.backend_delivery(topic, &msg.payload, header(header::USER)) {
                 Ok(d) => d,
                 Err(reason) => {
@@ -660,8 +726,9 @@ impl Inbound {
         note_rejection(&self.metrics, topic, reason, what);
     }
 
-    /// Anything that can publish on NATS can claim to be a replica (docs/PROTOCOL.md §8),
-    /// so a replica frame is forwarded only if it is what a replica sends: a JSON
+    /// Where NATS permissions do not keep others off the replica subjects
+    /// (docs/PROTOCOL.md §8), anything can publish there, so a replica frame is
+    /// forwarded only if it is what a replica sends: a JSON
     /// envelope (hence UTF-8) of a type some route emits, as its header says, and no
     /// larger than a delivery can be.
     fn check_replica_frame(&self, frame: &[u8], message_type: &str) -> Result<(), BusRejectReason> {
@@ -706,6 +773,12 @@ mod tests {
             s.topic(&Topic::parse("room:42").unwrap()),
             "sb.prod.chat.t.room.42"
         );
+        assert_eq!(
+            s.replica(&Topic::parse("room:42").unwrap()),
+            "sb.prod.chat.x.room.42"
+        );
+        assert_eq!(s.presence(), "sb.prod.chat.presence");
+        assert_eq!(s.inbox_prefix(), "sb.prod.chat._inbox");
         assert_eq!(s.rpc("profile.fetch"), "sb.prod.chat.rpc.profile.fetch");
         assert_eq!(s.event("typing"), "sb.prod.chat.evt.typing");
     }

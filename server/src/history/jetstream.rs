@@ -5,7 +5,8 @@
 //! - `P.s.<topic>`: the stream's subjects, one per history topic;
 //! - `P.r.<topic>`: where the stream republishes each stored message, with its stream
 //!   sequence (`Nats-Sequence`). Replicas deliver history topics from here, never from
-//!   `P.t.<topic>`.
+//!   `P.t.<topic>` or `P.x.<topic>`. Both are written by servers only (JetStream
+//!   itself republishes), so NATS permissions can keep backends off them.
 //!
 //! Offsets are stream sequences: strictly increasing per topic, not contiguous. What
 //! makes recovery provable rather than assumed is a chain: every message is stored
@@ -20,7 +21,8 @@
 //! subscribe (read the stream up to the last delivered offset, queue ack and replay,
 //! join) can never interleave with a live delivery: no gap, no duplicate.
 //! Backends publish into history topics as into any topic, on `P.t.<topic>`: one
-//! replica (a queue group) checks each such publish like any backend publish and
+//! replica (a queue group) checks each such publish like any backend publish (its
+//! headers, `Sb-Origin` included, change nothing) and
 //! stores it in the chain, so it gets an offset and is recovered like the rest. Two
 //! publishes may reach two replicas and be stored in either order; a backend that
 //! sends each as a request gets `{"offset", "epoch"}` (or `{"error"}`) back once it is

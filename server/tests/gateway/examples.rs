@@ -88,7 +88,7 @@ fn notifications_token(sub: &str, roles: &[&str]) -> String {
     .unwrap()
 }
 
-/// Publishes `body` to `subject` as a backend would (no `Sb-Origin`), naming
+/// Publishes `body` to `subject` (a `.t.` subject) as a backend would, naming
 /// `publisher` in `Sb-User`.
 async fn backend_publish(nats: &async_nats::Client, subject: &str, publisher: &str, body: Value) {
     let mut headers = async_nats::HeaderMap::new();

@@ -6,6 +6,8 @@
 
 mod auth;
 mod binary;
+mod bus_credentials;
+mod bus_security;
 mod client_crate;
 mod drain;
 mod examples;

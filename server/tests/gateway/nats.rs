@@ -374,7 +374,7 @@ async fn topic_values_never_reach_a_nats_wildcard_or_another_apps_subjects() {
                 .await
                 .unwrap()
                 .unwrap();
-            if msg.subject.starts_with("sb.tests.test.t.feed.") {
+            if msg.subject.starts_with("sb.tests.test.x.feed.") {
                 break msg;
             }
             assert!(
@@ -386,17 +386,14 @@ async fn topic_values_never_reach_a_nats_wildcard_or_another_apps_subjects() {
         let token = switchboard_spec::topic::encode_segment(room);
         assert_eq!(
             msg.subject.as_str(),
-            format!("sb.tests.test.t.feed.{token}")
+            format!("sb.tests.test.x.feed.{token}")
         );
         assert_eq!(msg.subject.split('.').count(), 6, "{}", msg.subject);
         assert!(!token.contains(['*', '>', '.', ' ', '\t']), "{token}");
     }
-    for sub in nats
-        .subscriptions()
-        .await
-        .iter()
-        .filter(|s| *s != ">" && !s.starts_with("_INBOX."))
-    {
+    for sub in nats.subscriptions().await.iter().filter(|s| {
+        *s != ">" && !s.starts_with("_INBOX.") && !s.starts_with("sb.tests.test._inbox.")
+    }) {
         assert!(
             sub.starts_with("sb.tests.test.") && !sub.contains('*') && !sub.contains('>'),
             "{sub}"
@@ -456,12 +453,14 @@ async fn an_ack_of_a_join_means_other_replicas_reach_the_member() {
 
 #[tokio::test]
 async fn frames_claiming_to_come_from_a_replica_are_checked_before_clients_see_them() {
+    // A NATS without permissions: anything may publish on the replica subjects
+    // (bus_security.rs shows permissions keeping backends off them).
     let nats = NatsServer::start().await;
     let servers = cluster(&nats, &["a"]).await;
     let mut c = servers[0].client().await;
     join(&nats, &servers[0], &mut c, "news").await;
     let forger = nats.client().await;
-    let subject = "sb.tests.test.t.room.news";
+    let subject = "sb.tests.test.x.room.news";
     let forge = |message_type: &str, body: Vec<u8>| {
         let forger = forger.clone();
         let mut headers = async_nats::HeaderMap::new();
@@ -491,7 +490,7 @@ async fn frames_claiming_to_come_from_a_replica_are_checked_before_clients_see_t
     );
     forge("SAID", huge.into_bytes()).await;
     c.expect_silence(Duration::from_millis(300)).await;
-    // A well-formed one still passes: replicas are not authenticated on NATS yet.
+    // A well-formed one still passes: only NATS permissions keep others off.
     forge(
         "SAID",
         br#"{"type":"SAID","meta":{"topic":"room:news","timestamp":1},"payload":{"text":"ok"}}"#
