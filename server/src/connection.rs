@@ -1,18 +1,19 @@
 //! One WebSocket connection: a reader and a writer, run together in one task.
 //!
-//! The reader parses frames, reassembles fragments within `maxPayloadBytes`, and hands
-//! each message to the router. The writer drains the connection's `OutboundQueue` into
-//! the socket in batches (one flush per batch), sends pings, and enforces every
-//! deadline: pong, idle, token expiry. Either side ending closes the other: the reader
+//! The reader parses frames (fastwebsockets, behind `FrameWatch`), reassembles
+//! fragments and inflates compressed messages within `maxPayloadBytes`, and hands each
+//! message to the router. The writer drains the connection's `OutboundQueue` into the
+//! socket in batches (one flush per batch) with a `FrameWriter`, compresses what the
+//! fan-out did not already, sends pings, and enforces every deadline: pong, idle,
+//! token expiry. Either side ending closes the other: the reader
 //! queues a close for the writer; the writer's end stops the reader after a short linger
 //! for the client's close reply.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
@@ -21,12 +22,14 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use switchboard_ops::metrics::{CounterByLabel, register};
 use switchboard_spec::CompiledApp;
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::actions;
-use crate::frame_watch::{FrameClock, FrameProgress, FrameWatch, UnmaskedFrame};
+use crate::deflate::{self, InflateError, Inflater};
+use crate::frame_watch::{CompressedFrames, FrameClock, FrameProgress, FrameWatch, UnmaskedFrame};
+use crate::frame_write::{FrameWriter, Opcode};
 use crate::handle::ConnectionHandle;
 use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason};
@@ -36,7 +39,7 @@ use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<FrameWatch<ReadHalf<Io>>>;
-type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
+type Writer = FrameWriter<WriteHalf<Io>>;
 
 /// How long the reader waits for the client's close reply after the server closed.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -57,17 +60,22 @@ pub async fn serve(ws: WebSocket<Io>, state: Arc<AppState>, mut session: Session
         send_open(&state, &session);
 
         let progress = Arc::new(FrameProgress::default());
-        let watched = progress.clone();
-        let (rx, tx) = ws.split(move |io| {
-            let (r, w) = tokio::io::split(io);
-            (FrameWatch::new(r, watched.clone()), BufWriter::new(w))
-        });
+        let compressed = session
+            .deflate
+            .map(|_| Arc::new(CompressedFrames::default()));
+        // fastwebsockets reads; the write half is ours (see frame_write.rs), so its
+        // writer is given nothing to write to.
+        let (r, w) = tokio::io::split(ws.into_inner());
+        let watched = FrameWatch::new(r, progress.clone(), compressed.clone());
+        let (rx, _) =
+            fastwebsockets::after_handshake_split(watched, tokio::io::sink(), Role::Server);
+        let tx = FrameWriter::new(w);
         let frame_deadline =
             Duration::from_secs(u64::from(state.app.spec.limits.handshake_timeout_seconds));
         let clock = FrameClock::new(progress, frame_deadline);
         let liveness = session.liveness.clone();
         let writer_done = CancellationToken::new();
-        let reader = read_loop(rx, &state, &mut session, &writer_done, clock);
+        let reader = read_loop(rx, &state, &mut session, &writer_done, clock, compressed);
         let writer = async {
             let reason = write_loop(tx, &state, &handle, &liveness).await;
             writer_done.cancel();
@@ -116,13 +124,80 @@ fn payload_bytes<'a>(frame: &'a Frame<'_>) -> &'a [u8] {
     &frame.payload
 }
 
+/// What a message's first frame says about it.
+#[derive(Clone, Copy)]
+struct MessageStart {
+    text: bool,
+    /// It had RSV1: the bytes are inflated once the message is whole.
+    compressed: bool,
+}
+
+/// A message being reassembled from fragments.
+struct Partial {
+    start: MessageStart,
+    bytes: Vec<u8>,
+}
+
+/// Hands a whole message to the router, inflating it first if it is compressed.
+/// `single_frame`: it came in one frame, whose UTF-8 fastwebsockets checked already
+/// unless it was compressed. Returns false once the connection is closing.
+async fn message(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    inflater: &mut Option<Inflater>,
+    start: MessageStart,
+    bytes: &[u8],
+    single_frame: bool,
+) -> bool {
+    let max = state.app.spec.limits.max_payload_bytes as usize;
+    let inflated;
+    let bytes = if start.compressed {
+        let negotiated = session.deflate.unwrap_or_default();
+        let inflater = inflater.get_or_insert_with(|| Inflater::new(negotiated));
+        match inflater.inflate(bytes, max) {
+            Ok(b) => {
+                state.metrics.deflate.inflated.inc();
+                inflated = b;
+                &inflated[..]
+            }
+            Err(e) => {
+                let (code, reason) = match e {
+                    InflateError::TooBig => (protocol::close::TOO_BIG, CloseReason::TooBig),
+                    InflateError::Corrupt => {
+                        (protocol::close::INVALID_DATA, CloseReason::ProtocolError)
+                    }
+                };
+                session.handle.queue.close(code, reason);
+                return false;
+            }
+        }
+    } else {
+        bytes
+    };
+    if !start.text {
+        router::handle_binary(state, session);
+    } else if (start.compressed || !single_frame) && std::str::from_utf8(bytes).is_err() {
+        session
+            .handle
+            .queue
+            .close(protocol::close::INVALID_DATA, CloseReason::ProtocolError);
+        return false;
+    } else {
+        router::handle_text(state, session, bytes).await;
+    }
+    true
+}
+
 /// Reads until the client closes, the socket fails, or the writer has finished.
+/// `compressed`: where `FrameWatch` notes compressed frames, when the connection
+/// negotiated permessage-deflate.
 async fn read_loop(
     mut rx: Reader,
     state: &Arc<AppState>,
     session: &mut Session,
     writer_done: &CancellationToken,
     mut clock: FrameClock,
+    compressed: Option<Arc<CompressedFrames>>,
 ) {
     let max = state.app.spec.limits.max_payload_bytes as usize;
     // fastwebsockets refuses a single frame of `max_message_size` bytes or more.
@@ -132,8 +207,11 @@ async fn read_loop(
     let handle = session.handle.clone();
     // Nothing is ever obligated: auto close and auto pong are off, we answer ourselves.
     let mut no_obligated_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
-    // A fragmented message being reassembled: (is_text, bytes so far).
-    let mut partial: Option<(bool, Vec<u8>)> = None;
+    let mut partial: Option<Partial> = None;
+    // Frames read so far, to ask `compressed` about each.
+    let mut frames_read: u64 = 0;
+    // Made at the first compressed message: most connections never send one.
+    let mut inflater: Option<Inflater> = None;
     // One timer for the connection, not one per frame: the frame clock is looked at a
     // few times per deadline.
     let mut frame_ticks = tokio::time::interval(clock.tick());
@@ -205,47 +283,56 @@ async fn read_loop(
                 break;
             }
         };
+        let deflated = compressed.as_ref().and_then(|c| c.take(frames_read));
+        frames_read += 1;
         match frame.opcode {
-            OpCode::Text | OpCode::Binary if frame.fin && partial.is_none() => {
-                if frame.opcode == OpCode::Text {
-                    router::handle_text(state, session, payload_bytes(&frame)).await;
-                } else {
-                    router::handle_binary(state, session);
+            OpCode::Text | OpCode::Binary if partial.is_none() => {
+                let start = MessageStart {
+                    // A compressed text frame reaches us as binary (frame_watch.rs).
+                    text: deflated.unwrap_or(frame.opcode == OpCode::Text),
+                    compressed: deflated.is_some(),
+                };
+                if !frame.fin {
+                    partial = Some(Partial {
+                        start,
+                        bytes: payload_bytes(&frame).to_vec(),
+                    });
+                } else if !message(
+                    state,
+                    session,
+                    &mut inflater,
+                    start,
+                    payload_bytes(&frame),
+                    true,
+                )
+                .await
+                {
+                    break;
                 }
             }
-            OpCode::Text | OpCode::Binary if partial.is_none() => {
-                partial = Some((frame.opcode == OpCode::Text, payload_bytes(&frame).to_vec()));
-            }
             OpCode::Continuation if partial.is_some() => {
-                let Some((is_text, mut buf)) = partial.take() else {
+                let Some(mut p) = partial.take() else {
                     break;
                 };
-                if buf.len() + frame.payload.len() > max {
+                if p.bytes.len() + frame.payload.len() > max {
                     handle
                         .queue
                         .close(protocol::close::TOO_BIG, CloseReason::TooBig);
                     break;
                 }
-                buf.extend_from_slice(payload_bytes(&frame));
+                p.bytes.extend_from_slice(payload_bytes(&frame));
                 if !frame.fin {
-                    partial = Some((is_text, buf));
-                } else if !is_text {
-                    router::handle_binary(state, session);
-                } else if std::str::from_utf8(&buf).is_err() {
-                    handle
-                        .queue
-                        .close(protocol::close::INVALID_DATA, CloseReason::ProtocolError);
+                    partial = Some(p);
+                } else if !message(state, session, &mut inflater, p.start, &p.bytes, false).await {
                     break;
-                } else {
-                    router::handle_text(state, session, &buf).await;
                 }
             }
             OpCode::Ping => {
                 handle
                     .queue
-                    .push(Outbound::Pong(bytes::Bytes::copy_from_slice(
-                        payload_bytes(&frame),
-                    )));
+                    .push(Outbound::Pong(Bytes::copy_from_slice(payload_bytes(
+                        &frame,
+                    ))));
             }
             // fastwebsockets bounds pings itself, not pongs or closes.
             OpCode::Pong | OpCode::Close
@@ -344,8 +431,7 @@ async fn write_loop(
                 let now = Instant::now();
                 match due.take() {
                     Some((_, Due::Ping)) => {
-                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"sb"));
-                        if write_frames(&mut tx, [ping]).await.is_err() {
+                        if write_now(&mut tx, Opcode::Ping, b"sb").await.is_err() {
                             return CloseReason::Client;
                         }
                         // The oldest unanswered ping sets the pong deadline.
@@ -384,14 +470,13 @@ async fn write_batch(
     let work = async {
         for item in batch.drain(..) {
             let result = match item {
-                Outbound::Frame(bytes) => {
-                    tx.write_frame(Frame::text(Payload::Borrowed(&bytes))).await
-                }
+                Outbound::Frame(bytes) => write_text(tx, state, handle, &bytes, false).await,
                 Outbound::Delivery {
                     frame,
+                    compressed,
                     published_at,
                 } => {
-                    let r = tx.write_frame(Frame::text(Payload::Borrowed(&frame))).await;
+                    let r = write_text(tx, state, handle, &frame, compressed).await;
                     state
                         .metrics
                         .outbound
@@ -399,13 +484,9 @@ async fn write_batch(
                         .observe(published_at.elapsed().as_secs_f64());
                     r
                 }
-                Outbound::Pong(bytes) => {
-                    tx.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await
-                }
+                Outbound::Pong(bytes) => tx.control(Opcode::Pong, &bytes).await,
                 Outbound::Close { code, reason } => {
-                    let _ = tx
-                        .write_frame(Frame::close(code, reason.as_str().as_bytes()))
-                        .await;
+                    let _ = tx.close(code, reason.as_str()).await;
                     let _ = tx.flush().await;
                     return Ok(Some(reason));
                 }
@@ -426,13 +507,33 @@ async fn write_batch(
     }
 }
 
-async fn write_frames<'f>(
+/// Writes a text message. `compressed`: the fan-out compressed it already, once for
+/// every recipient. A frame for this client alone (a reply, a replayed publication) is
+/// compressed here when the connection negotiated it and it is long enough.
+async fn write_text(
     tx: &mut Writer,
-    frames: impl IntoIterator<Item = Frame<'f>>,
-) -> Result<(), WebSocketError> {
-    for f in frames {
-        tx.write_frame(f).await?;
+    state: &AppState,
+    handle: &ConnectionHandle,
+    bytes: &Bytes,
+    compressed: bool,
+) -> std::io::Result<()> {
+    if compressed {
+        state.metrics.deflate.frames_written.inc();
+        return tx.text(bytes, true).await;
     }
+    match handle.deflate {
+        Some(out) if out.wants(bytes.len()) => {
+            let deflated = deflate::compress(bytes, &state.metrics.deflate);
+            state.metrics.deflate.frames_written.inc();
+            tx.text(&deflated, true).await
+        }
+        _ => tx.text(bytes, false).await,
+    }
+}
+
+/// Writes one control frame and flushes.
+async fn write_now(tx: &mut Writer, opcode: Opcode, payload: &[u8]) -> std::io::Result<()> {
+    tx.control(opcode, payload).await?;
     tx.flush().await
 }
 
@@ -446,8 +547,11 @@ async fn abort(tx: &mut Writer, state: &AppState) -> CloseReason {
     } else {
         CloseReason::SlowConsumer
     };
-    let close = Frame::close(reason.code(), reason.as_str().as_bytes());
-    let _ = tokio::time::timeout(ABORT_CLOSE_TIMEOUT, write_frames(tx, [close])).await;
+    let close = async {
+        tx.close(reason.code(), reason.as_str()).await?;
+        tx.flush().await
+    };
+    let _ = tokio::time::timeout(ABORT_CLOSE_TIMEOUT, close).await;
     reason
 }
 

@@ -10,17 +10,26 @@
 //!   for the next one, so with heartbeat and idle timeout both off a client could send
 //!   a frame header and then nothing, holding the connection forever.
 //!
+//! And one thing it refuses: a frame with RSV1 set, which is how permessage-deflate
+//! (RFC 7692 §6) marks the first frame of a compressed message.
+//!
 //! So [`FrameWatch`] walks the frame headers in the bytes it hands over (payloads are
-//! skipped by length, never looked at). An unmasked header is never handed over: the
+//! skipped by length, never looked at).
+//! When the connection negotiated compression, a data frame
+//! with RSV1 has the bit cleared (and a text frame becomes binary, so fastwebsockets
+//! does not check compressed bytes as UTF-8) and is noted in [`CompressedFrames`], from
+//! which the reader learns which frames to inflate. RSV1 anywhere else still reaches
+//! fastwebsockets, which fails the connection with 1002. An unmasked header is never handed over: the
 //! read fails with [`UnmaskedFrame`] and the connection closes 1002. After every read
 //! it publishes a [`FrameProgress`] (frames completed, whether one is under way), from
 //! which the reader's [`FrameClock`] tells a stalled frame: it must complete within the
 //! app's `handshakeTimeoutSeconds` (give or take half of it, see [`FrameClock::tick`]),
 //! else the connection closes 1002.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -56,6 +65,42 @@ impl FrameProgress {
     }
 }
 
+/// The compressed frames seen ahead of the reader: each one's index among the
+/// connection's frames, and whether it began a text message. The walk runs ahead of
+/// fastwebsockets' parsing by at most its read buffer, so this holds a few entries.
+#[derive(Default)]
+pub struct CompressedFrames(Mutex<VecDeque<(u64, bool)>>);
+
+impl CompressedFrames {
+    fn note(&self, index: u64, text: bool) {
+        self.lock().push_back((index, text));
+    }
+
+    /// Whether the connection's frame number `index` (from 0, every frame counted)
+    /// was compressed: `Some(began a text message)`, else `None`. Asked once per frame,
+    /// in order.
+    pub fn take(&self, index: u64) -> Option<bool> {
+        let mut frames = self.lock();
+        match frames.front() {
+            Some(&(i, text)) if i == index => {
+                frames.pop_front();
+                Some(text)
+            }
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, bool)>> {
+        // Entries are pushed and popped whole: a poisoned lock holds nothing half done.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// RSV1, and the data opcodes it may mark (RFC 7692 §6.1).
+const RSV1: u8 = 0x40;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+
 /// Where the header walk is within the current frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {
@@ -73,6 +118,8 @@ struct HeaderWalk {
     position: Position,
     header: [u8; MAX_HEADER],
     completed: u64,
+    /// Set when the connection negotiated permessage-deflate.
+    compressed: Option<Arc<CompressedFrames>>,
 }
 
 /// What a walk over a chunk found.
@@ -85,11 +132,12 @@ enum Walked {
 }
 
 impl HeaderWalk {
-    fn new() -> Self {
+    fn new(compressed: Option<Arc<CompressedFrames>>) -> Self {
         Self {
             position: Position::Header { have: 0 },
             header: [0; MAX_HEADER],
             completed: 0,
+            compressed,
         }
     }
 
@@ -97,7 +145,8 @@ impl HeaderWalk {
         self.position != Position::Header { have: 0 }
     }
 
-    fn walk(&mut self, chunk: &[u8]) -> Walked {
+    /// Walks a chunk about to be handed over; may clear RSV1 in it (module docs).
+    fn walk(&mut self, chunk: &mut [u8]) -> Walked {
         let mut at = 0;
         while at < chunk.len() {
             match self.position {
@@ -107,6 +156,9 @@ impl HeaderWalk {
                     self.advance_payload(remaining - skip);
                 }
                 Position::Header { have } => {
+                    if have == 0 {
+                        self.take_compression_bit(&mut chunk[at]);
+                    }
                     self.header[have] = chunk[at];
                     let have = have + 1;
                     if have == 2 && self.header[1] & 0x80 == 0 {
@@ -124,6 +176,19 @@ impl HeaderWalk {
             }
         }
         Walked::Clean
+    }
+
+    /// A compressed data frame's first byte: note it, and hand it over as an
+    /// uncompressed binary frame.
+    fn take_compression_bit(&mut self, first: &mut u8) {
+        let Some(compressed) = &self.compressed else {
+            return;
+        };
+        let opcode = *first & 0x0f;
+        if *first & RSV1 != 0 && (opcode == OPCODE_TEXT || opcode == OPCODE_BINARY) {
+            compressed.note(self.completed, opcode == OPCODE_TEXT);
+            *first = (*first & !(RSV1 | 0x0f)) | OPCODE_BINARY;
+        }
     }
 
     /// The header's full length, once its first two bytes are known.
@@ -171,10 +236,16 @@ pub struct FrameWatch<R> {
 }
 
 impl<R> FrameWatch<R> {
-    pub fn new(inner: R, progress: Arc<FrameProgress>) -> Self {
+    /// `compressed`: where compressed frames are noted, when the connection negotiated
+    /// permessage-deflate.
+    pub fn new(
+        inner: R,
+        progress: Arc<FrameProgress>,
+        compressed: Option<Arc<CompressedFrames>>,
+    ) -> Self {
         Self {
             inner,
-            walk: HeaderWalk::new(),
+            walk: HeaderWalk::new(compressed),
             progress,
             refused: false,
         }
@@ -195,7 +266,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameWatch<R> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
             let this = &mut *self;
-            if let Walked::Unmasked(offset) = this.walk.walk(&buf.filled()[before..]) {
+            if let Walked::Unmasked(offset) = this.walk.walk(&mut buf.filled_mut()[before..]) {
                 // Hand over what came before the offending header byte; fail the read
                 // at once when that is nothing (an empty read would look like EOF).
                 this.refused = true;
@@ -278,29 +349,66 @@ mod tests {
 
     #[test]
     fn headers_are_followed_across_any_split() {
-        let stream: Vec<u8> = [masked(0), masked(5), masked(126), masked(70_000)].concat();
-        for chunk in [1, 2, 3, 7, 13, 1000, stream.len()] {
-            let mut walk = HeaderWalk::new();
-            for piece in stream.chunks(chunk) {
+        let mut stream: Vec<u8> = [masked(0), masked(5), masked(126), masked(70_000)].concat();
+        let len = stream.len();
+        for chunk in [1, 2, 3, 7, 13, 1000, len] {
+            let mut walk = HeaderWalk::new(None);
+            for piece in stream.chunks_mut(chunk) {
                 assert_eq!(walk.walk(piece), Walked::Clean, "chunk {chunk}");
             }
             assert_eq!(walk.completed, 4, "chunk {chunk}");
             assert!(!walk.under_way());
         }
-        let mut walk = HeaderWalk::new();
-        assert_eq!(walk.walk(&masked(10)[..7]), Walked::Clean);
+        let mut walk = HeaderWalk::new(None);
+        assert_eq!(walk.walk(&mut masked(10)[..7]), Walked::Clean);
         assert!(walk.under_way(), "a partial frame is under way");
     }
 
     #[test]
     fn an_unmasked_header_is_found_at_its_second_byte() {
         let unmasked = [0x81, 0x05, b'h', b'e', b'l', b'l', b'o'];
-        let stream = [masked(3), unmasked.to_vec()].concat();
-        let mut walk = HeaderWalk::new();
-        assert_eq!(walk.walk(&stream), Walked::Unmasked(masked(3).len() + 1));
-        let mut walk = HeaderWalk::new();
-        assert_eq!(walk.walk(&stream[..10]), Walked::Clean);
-        assert_eq!(walk.walk(&stream[10..]), Walked::Unmasked(0));
+        let mut stream = [masked(3), unmasked.to_vec()].concat();
+        let mut walk = HeaderWalk::new(None);
+        assert_eq!(
+            walk.walk(&mut stream),
+            Walked::Unmasked(masked(3).len() + 1)
+        );
+        let mut walk = HeaderWalk::new(None);
+        assert_eq!(walk.walk(&mut stream[..10]), Walked::Clean);
+        assert_eq!(walk.walk(&mut stream[10..]), Walked::Unmasked(0));
+    }
+
+    #[test]
+    fn compressed_data_frames_are_noted_and_handed_over_as_plain_binary() {
+        let with_rsv1 = |mut frame: Vec<u8>, first: u8| {
+            frame[0] = first;
+            frame
+        };
+        let stream = [
+            masked(3),                  // 0: plain text
+            with_rsv1(masked(4), 0xc1), // 1: compressed text
+            with_rsv1(masked(4), 0x42), // 2: compressed binary, fragmented
+            with_rsv1(masked(2), 0x80), // 3: its continuation
+            with_rsv1(masked(0), 0xc9), // 4: a ping with RSV1: left for 1002
+        ]
+        .concat();
+        for chunk in [1, 5, stream.len()] {
+            let marks = Arc::new(CompressedFrames::default());
+            let mut walk = HeaderWalk::new(Some(marks.clone()));
+            let mut bytes = stream.clone();
+            for piece in bytes.chunks_mut(chunk) {
+                assert_eq!(walk.walk(piece), Walked::Clean);
+            }
+            let firsts: Vec<u8> = [0, 9, 19, 29, 37].iter().map(|&at| bytes[at]).collect();
+            assert_eq!(firsts, [0x81, 0x82, 0x02, 0x80, 0xc9], "chunk {chunk}");
+            let taken: Vec<_> = (0..5).map(|i| marks.take(i)).collect();
+            assert_eq!(taken, [None, Some(true), Some(false), None, None]);
+        }
+        // Without compression negotiated nothing is touched.
+        let mut walk = HeaderWalk::new(None);
+        let mut bytes = stream.clone();
+        walk.walk(&mut bytes);
+        assert_eq!(bytes, stream);
     }
 
     #[test]

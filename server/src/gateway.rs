@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use crate::admission::Refusal as AdmissionRefusal;
 use crate::connection;
+use crate::deflate;
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
 use crate::log_budget::LogBudget;
@@ -333,6 +334,15 @@ async fn upgrade(
         ))
     })?;
     let mut response = response.map(|_| Full::new(Bytes::new()));
+    let negotiated = state
+        .compression
+        .and_then(|_| deflate::negotiate(req.headers()));
+    if let Some(n) = negotiated {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(n.response()),
+        );
+    }
     if let Some(chosen) = choose_protocol(&offered)
         && let Ok(v) = HeaderValue::from_str(chosen)
     {
@@ -349,6 +359,7 @@ async fn upgrade(
             limits.slow_consumer,
         ),
         state.abort_all.child_token(),
+        negotiated.and(state.compression),
         state.metrics.clone(),
     ));
     let (handle_id, authed_user) = (handle.id.clone(), authed.identity.user_id.clone());
@@ -360,6 +371,7 @@ async fn upgrade(
         subscriptions: HashSet::new(),
         buckets: ConnectionBuckets::default(),
         liveness: Arc::new(Liveness::new(authed.expires_at)),
+        deflate: negotiated,
         refresh_failures: 0,
         last_refresh_failure: None,
         span: tracing::info_span!(

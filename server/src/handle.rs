@@ -19,6 +19,7 @@ use switchboard_ops::metrics::{CounterByLabel, CounterByName, register};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::deflate::Outgoing;
 use crate::history::Publication;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue, Pushed};
@@ -35,6 +36,9 @@ pub struct ConnectionHandle {
     /// their replies are queued.
     pub rpcs_in_flight: AtomicUsize,
     pub rpcs_settled: Notify,
+    /// Set when the client negotiated permessage-deflate: frames at least this app's
+    /// threshold long go to it compressed.
+    pub deflate: Option<Outgoing>,
     /// Where the frames pushed here are counted.
     metrics: Arc<Metrics>,
 }
@@ -44,6 +48,7 @@ impl ConnectionHandle {
         id: Arc<str>,
         queue: OutboundQueue,
         abort: CancellationToken,
+        deflate: Option<Outgoing>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -52,16 +57,25 @@ impl ConnectionHandle {
             abort,
             rpcs_in_flight: AtomicUsize::new(0),
             rpcs_settled: Notify::new(),
+            deflate,
             metrics,
         }
     }
 
-    /// Queues a topic delivery, applying the slow-consumer policy. `sent` is the
-    /// delivery type's counter, resolved once per fan-out by
+    /// Queues a topic delivery, applying the slow-consumer policy. `compressed`: the
+    /// frame is the publication compressed once for every recipient that negotiated
+    /// it. `sent` is the delivery type's counter, resolved once per fan-out by
     /// [`OutboundMetrics::sent_counter`]. Returns whether the frame was queued.
-    pub fn deliver(&self, frame: &Bytes, published_at: Instant, sent: Option<&Counter>) -> bool {
+    pub fn deliver(
+        &self,
+        frame: &Bytes,
+        compressed: bool,
+        published_at: Instant,
+        sent: Option<&Counter>,
+    ) -> bool {
         let pushed = self.queue.push(Outbound::Delivery {
             frame: frame.clone(),
+            compressed,
             published_at,
         });
         self.account(pushed, sent)
@@ -89,6 +103,8 @@ impl ConnectionHandle {
             .queue
             .push_replay(publications.iter().map(|p| Outbound::Delivery {
                 frame: p.frame.clone(),
+                // Compressed, if at all, by this connection's writer.
+                compressed: false,
                 published_at,
             }));
         if pushed != Pushed::Queued {

@@ -12,6 +12,7 @@ use switchboard_spec::{CompiledApp, RouteAction};
 use crate::actions::request::RpcMetrics;
 use crate::bus::BusMetrics;
 use crate::connection::ConnectionMetrics;
+use crate::deflate::DeflateMetrics;
 use crate::drain::DrainMetrics;
 use crate::gateway::GatewayMetrics;
 use crate::handle::OutboundMetrics;
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub history: HistoryMetrics,
     pub tls: TlsMetrics,
     pub jwks: JwksMetrics,
+    pub deflate: DeflateMetrics,
 }
 
 impl Metrics {
@@ -66,6 +68,7 @@ impl Metrics {
             history: HistoryMetrics::register(&mut registry),
             tls: TlsMetrics::register(&mut registry),
             jwks: JwksMetrics::register(&mut registry),
+            deflate: DeflateMetrics::register(&mut registry),
             registry,
         }
     }
@@ -168,6 +171,17 @@ mod tests {
             "reason",
         ));
         series.push("switchboard_jwks_keys".to_owned());
+        series.extend(every::<crate::deflate::Stage>(
+            "switchboard_deflate_bytes_total",
+            "stage",
+        ));
+        for counter in [
+            "switchboard_deflate_compressions_total",
+            "switchboard_deflate_frames_written_total",
+            "switchboard_deflate_inflated_messages_total",
+        ] {
+            series.push(counter.to_owned());
+        }
         for t in app.routes.keys().map(String::as_str).chain(["unknown"]) {
             series.push(format!(
                 "switchboard_messages_received_total{{type=\"{t}\"}}"

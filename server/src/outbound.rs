@@ -21,7 +21,13 @@ pub enum Outbound {
     /// A reply, error or system frame for this client alone.
     Frame(Bytes),
     /// A topic delivery: the same bytes are shared by every recipient.
-    Delivery { frame: Bytes, published_at: Instant },
+    Delivery {
+        frame: Bytes,
+        /// `frame` is compressed already (permessage-deflate), once for every
+        /// recipient that negotiated it.
+        compressed: bool,
+        published_at: Instant,
+    },
     /// Answer to a client ping.
     Pong(Bytes),
     /// Write a close frame, then stop.
@@ -199,6 +205,7 @@ mod tests {
     fn delivery(n: u8) -> Outbound {
         Outbound::Delivery {
             frame: Bytes::from(vec![n]),
+            compressed: false,
             published_at: Instant::now(),
         }
     }

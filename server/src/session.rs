@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use switchboard_spec::{Identity, Topic};
 
+use crate::deflate::Negotiated;
 use crate::handle::ConnectionHandle;
 use crate::liveness::Liveness;
 use crate::protocol::{self, Inbound};
@@ -22,6 +23,8 @@ pub struct Session {
     pub subscriptions: HashSet<Topic>,
     pub buckets: ConnectionBuckets,
     pub liveness: Arc<Liveness>,
+    /// What the client agreed to at the upgrade when it negotiated permessage-deflate.
+    pub deflate: Option<Negotiated>,
     /// Failed `$ws:auth` refreshes in a row, and when the last one failed: verifying a
     /// bad signature costs the server real CPU, so failures are spaced and bounded.
     pub refresh_failures: u32,

@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::codegen::asyncapi;
 use crate::codegen::catalog::Catalog;
+use crate::deflate::Outgoing;
 use crate::handle::ConnectionHandle;
 use crate::history::HistoryStore;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub abort_all: CancellationToken,
     /// The app's AsyncAPI document, served at `/asyncapi.json` on the admin port.
     asyncapi: bytes::Bytes,
+    /// `spec.compression`, when enabled: offered to clients at the upgrade.
+    pub compression: Option<Outgoing>,
     /// Serve the demo page beside `/ws` (`--demo`; see [`crate::demo`]).
     pub demo: bool,
     next_connection: AtomicU64,
@@ -70,6 +73,7 @@ impl AppState {
         let asyncapi = asyncapi::render(&Catalog::new(&app)).into();
         Self {
             asyncapi,
+            compression: Outgoing::from_spec(&app.spec),
             demo: false,
             app,
             instance,

@@ -14,7 +14,10 @@ use prometheus_client::registry::Registry;
 use switchboard_ops::metrics::register;
 use switchboard_spec::Topic;
 
+use bytes::Bytes;
+
 use crate::bus::Delivery;
+use crate::deflate;
 use crate::handle::ConnectionHandle;
 use crate::metrics::Metrics;
 use crate::trace::SPAN_TARGET;
@@ -98,6 +101,8 @@ impl TopicRegistry {
         // Resolved once for every recipient of this delivery.
         let sent = self.metrics.outbound.sent_counter(&delivery.message_type);
         let (mut queued, mut dropped) = (0, 0);
+        // Compressed at the first recipient that wants it, and shared by the rest.
+        let mut deflated: Option<Bytes> = None;
         for handle in subscribers.iter() {
             if delivery
                 .exclude
@@ -106,7 +111,16 @@ impl TopicRegistry {
             {
                 continue;
             }
-            if handle.deliver(&delivery.frame, delivery.published_at, sent) {
+            let (frame, compressed) = match handle.deflate {
+                Some(out) if out.wants(delivery.frame.len()) => {
+                    let frame = deflated.get_or_insert_with(|| {
+                        deflate::compress(&delivery.frame, &self.metrics.deflate)
+                    });
+                    (&*frame, true)
+                }
+                _ => (&delivery.frame, false),
+            };
+            if handle.deliver(frame, compressed, delivery.published_at, sent) {
                 queued += 1;
             } else {
                 dropped += 1;

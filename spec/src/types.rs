@@ -103,6 +103,9 @@ pub struct RealtimeAppSpec {
     pub ingress: Option<IngressSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
+    /// permessage-deflate (RFC 7692) for clients that offer it (README, "Compression").
+    #[serde(default)]
+    pub compression: CompressionSettings,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -428,6 +431,32 @@ pub enum SlowConsumerPolicy {
     Disconnect,
     /// Drop the oldest queued delivery and count it: for feeds where only the latest matters.
     DropOldest,
+}
+
+/// permessage-deflate, negotiated per connection with the clients that offer it.
+/// Frames the server sends are compressed with `server_no_context_takeover`, so a
+/// publication is compressed once and the same bytes go to every recipient that
+/// negotiated it.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CompressionSettings {
+    /// Accept a client's `permessage-deflate` offer. Off: no offer is accepted and
+    /// every frame goes out as it is.
+    pub enabled: bool,
+    /// Frames the server sends shorter than this go out uncompressed: below about a
+    /// kilobyte deflate saves little and costs CPU on both ends. Inbound frames are
+    /// inflated whatever their size; the client chooses what it compresses.
+    #[schemars(range(max = 16_777_216))]
+    pub threshold_bytes: u32,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold_bytes: 1024,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -323,9 +323,19 @@ pub struct RawWs {
 impl RawWs {
     /// Upgrades (anonymously) and reads past `$ws:open`.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_with(addr, &[]).await.1
+    }
+
+    /// Upgrades with more request headers; the response head, and the client past
+    /// `$ws:open` (which is short: never compressed).
+    pub async fn connect_with(addr: SocketAddr, headers: &[&str]) -> (String, Self) {
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\n{}\r\n\r\n",
-            UPGRADE_HEADERS.join("\r\n")
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\n{}\r\n{}\r\n",
+            UPGRADE_HEADERS.join("\r\n"),
+            headers
+                .iter()
+                .map(|h| format!("{h}\r\n"))
+                .collect::<String>()
         );
         let (head, stream) = raw_exchange(addr, &request).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -333,7 +343,16 @@ impl RawWs {
         let (opcode, open) = ws.read_frame().await.unwrap();
         assert_eq!(opcode, 1, "the first frame is text");
         assert!(String::from_utf8_lossy(&open).contains("$ws:open"));
-        ws
+        (head, ws)
+    }
+
+    /// Writes one masked frame whose first header byte (FIN, RSV bits, opcode) is
+    /// `first`, as it is.
+    pub async fn send_first_byte(&mut self, first: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = Self::frame(first & 0x0f, true, payload);
+        frame[0] = first;
+        self.stream.write_all(&frame).await.unwrap();
     }
 
     /// Writes one masked frame: `opcode`, `fin`, `payload`.
@@ -393,6 +412,12 @@ impl RawWs {
 
     /// The next frame (opcode, payload); `None` at EOF or after 5 s of silence.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (first, payload) = self.read_frame_head().await?;
+        Some((first & 0x0f, payload))
+    }
+
+    /// The next frame with its whole first header byte (FIN, RSV bits, opcode).
+    pub async fn read_frame_head(&mut self) -> Option<(u8, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
         let read = async {
             let mut head = [0u8; 2];
@@ -412,7 +437,7 @@ impl RawWs {
             };
             let mut payload = vec![0u8; len as usize];
             self.stream.read_exact(&mut payload).await.ok()?;
-            Some((head[0] & 0x0f, payload))
+            Some((head[0], payload))
         };
         tokio::time::timeout(Duration::from_secs(5), read)
             .await

@@ -9,6 +9,7 @@ mod binary;
 mod bus_credentials;
 mod bus_security;
 mod client_crate;
+mod compression;
 mod drain;
 mod examples;
 mod harness;
