@@ -3,6 +3,7 @@
 //! ```text
 //! switchboard-loadgen fanout --url ws://127.0.0.1:8080/ws --subscribers 1000 --rate 200 --duration 10
 //! switchboard-loadgen recovery --url ws://127.0.0.1:8080/ws --missed 1000
+//! switchboard-loadgen deflate --url ws://127.0.0.1:8080/ws --server-pid $(pgrep switchboard-ser)
 //! ```
 //!
 //! Prints one JSON line with the figures on stdout and a summary on stderr. Exit code:
@@ -10,6 +11,7 @@
 //! failed, 2 for bad arguments (including a URL that is not loopback without
 //! `--allow-remote`). See bench/README.md.
 
+mod deflate;
 mod fanout;
 mod hist;
 mod recovery;
@@ -39,6 +41,9 @@ enum Scenario {
     /// A subscriber misses N publications on a topic with history, then recovers them
     /// with `meta.since`; the recovery is timed.
     Recovery(recovery::Args),
+    /// Subscribers without and then with permessage-deflate: wire bytes and server CPU
+    /// per delivery.
+    Deflate(deflate::Args),
 }
 
 /// What a scenario prints: a summary (stderr), one JSON line (stdout), and whether the
@@ -66,6 +71,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.scenario {
             Scenario::Fanout(args) => fanout::run(args).await.map(|r| Printed {
+                summary: r.to_string(),
+                line: serde_json::to_string(&r),
+                ok: r.ok,
+            }),
+            Scenario::Deflate(args) => deflate::run(args).await.map(|r| Printed {
                 summary: r.to_string(),
                 line: serde_json::to_string(&r),
                 ok: r.ok,

@@ -155,7 +155,7 @@ async fn one_round(
 }
 
 /// Connects and reads past `$ws:open`.
-async fn open(target: &Target) -> anyhow::Result<Ws> {
+pub(crate) async fn open(target: &Target) -> anyhow::Result<Ws> {
     let mut ws = ws::connect(target).await?;
     let open = next_text(&mut ws).await?;
     if open["type"] != "$ws:open" {
@@ -164,7 +164,7 @@ async fn open(target: &Target) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-async fn send(ws: &mut Ws, frame: Value) -> anyhow::Result<()> {
+pub(crate) async fn send(ws: &mut Ws, frame: Value) -> anyhow::Result<()> {
     ws.write_frame(Frame::text(Payload::Owned(frame.to_string().into_bytes())))
         .await
         .context("write")
@@ -208,7 +208,7 @@ fn position(ack: &Value) -> anyhow::Result<(u64, String)> {
 }
 
 /// The next text frame, parsed; a close or 30 s of silence is an error.
-async fn next_text(ws: &mut Ws) -> anyhow::Result<Value> {
+pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<Value> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), ws.read_frame())
             .await

@@ -67,6 +67,19 @@ pub async fn resolve(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
     })
 }
 
+impl Target {
+    /// A hand-written upgrade request with `extra` headers (`Name: value\r\n` each),
+    /// for clients that speak frames fastwebsockets does not (compressed ones).
+    pub fn upgrade_request(&self, extra: &str) -> String {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
+            self.path,
+            self.host,
+            fastwebsockets::handshake::generate_key()
+        )
+    }
+}
+
 /// Spawns hyper's connection task on tokio (it ends once the upgrade is done).
 struct SpawnExecutor;
 

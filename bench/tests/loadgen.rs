@@ -153,6 +153,45 @@ fn fanout_counts_every_delivery() {
 }
 
 #[test]
+fn deflate_compares_plain_and_compressed_deliveries() {
+    let server = Server::start();
+    let out = loadgen(&[
+        "deflate",
+        "--url",
+        &server.url(),
+        "--subscribers",
+        "5",
+        "--messages",
+        "20",
+        "--rate",
+        "200",
+        "--server-pid",
+        &server.child.id().to_string(),
+    ]);
+    let r = report(&out);
+    assert!(
+        out.status.success(),
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r}");
+    let wire = |i: usize| runs[i]["wire_bytes_per_delivery"].as_f64().unwrap();
+    assert_eq!(runs[0]["deflate"], false);
+    assert_eq!(runs[1]["deflate"], true);
+    for run in runs {
+        assert_eq!(run["deliveries"], 100, "{r}");
+        assert!(run["server_cpu_us_per_delivery"].is_number(), "{r}");
+    }
+    assert!(wire(0) > 1000.0, "{r}");
+    assert!(
+        wire(1) < wire(0) * 0.8,
+        "compressed frames are smaller: {r}"
+    );
+}
+
+#[test]
 fn short_deliveries_fail_the_run() {
     // The publish type is not a route of the app: every message gets an ERROR, nothing
     // is delivered, and the exit code says so.

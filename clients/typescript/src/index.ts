@@ -19,3 +19,4 @@ export { SwitchboardError } from "./errors.js";
 export type { ErrorCode, ErrorPayload } from "./errors.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
+export { decodeTopicSegment, encodeTopicSegment, topicOf } from "./topic.js";
