@@ -96,21 +96,16 @@ pub async fn accept_loop(
                         let left = handshake_timeout.saturating_sub(started.elapsed());
                         serve_http(stream, state, peer, left).await;
                     }
-                    Ok(Err(e)) => {
+                    failed => {
                         state
                             .metrics
                             .gateway
                             .rejected
                             .inc(RejectReason::TlsHandshake);
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        state
-                            .metrics
-                            .gateway
-                            .rejected
-                            .inc(RejectReason::TlsHandshake);
-                        debug!(%peer, "TLS handshake timed out");
+                        match failed {
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            _ => debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
             }

@@ -508,7 +508,11 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
 /// handles one connection's operations in order, so its answer to a request sent now
 /// comes after it registered earlier SUBs. (`Client::flush` only writes our buffer to
 /// the socket.) The request goes to a fresh inbox nobody listens on: the answer is the
-/// server's own "no responders".
+/// server's own "no responders". Nothing quicker exists with `no_echo` (an echo to
+/// ourselves never comes back) and without a public PING in async-nats, so a client of
+/// the same account subscribed to a wildcard covering the inbox (a `>` tap) is a
+/// responder that never answers: each round trip then waits out its timeout, and a
+/// topic's first subscribe is acked up to 2 s late (README, "Securing the bus").
 pub(crate) async fn round_trip(client: &async_nats::Client) {
     let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
     match client.send_request(client.new_inbox(), request).await {
