@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # Container images for Switchboard's two binaries. Build from the repository root:
 #
 #   docker build --target server   -t switchboard-server:0.1.0 .
@@ -13,7 +11,14 @@
 # Both targets start from the same `builder` stage, which compiles both binaries in one
 # cargo invocation: the second `docker build` finds that step in the layer cache and
 # does not compile again. BuildKit is required (the default builder since Docker 23)
-# for the cache mounts below.
+# for the cache mounts below; the Dockerfile syntax is the engine's built-in one, so no
+# frontend image is pulled.
+#
+# Without a registry (as on the project's CI machine), `bash hack/images.sh` builds the
+# same two targets from local bases instead: a runtime base assembled from Debian
+# packages (RUNTIME_IMAGE) and the binaries built on the host (BINARIES, an image holding
+# /out/switchboard-server and /out/switchboard-operator), so the `builder` stage and its
+# Rust image are skipped.
 #
 # Base images are pinned by version tag. For builds that never change underneath you,
 # pin them by digest as well: look it up with
@@ -34,6 +39,9 @@ ARG RUST_IMAGE=rust:1.95.0-bookworm
 # glibc, libgcc and CA certificates only: no shell, no package manager. `nonroot`
 # variant: uid/gid 65532.
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+# Where the binaries come from: the `builder` stage below, or an image holding them in
+# /out (hack/images.sh).
+ARG BINARIES=builder
 
 # ---------------------------------------------------------------------------- builder
 FROM ${RUST_IMAGE} AS builder
@@ -65,8 +73,12 @@ RUN --mount=type=cache,id=switchboard-cargo-registry,target=/usr/local/cargo/reg
     && install -D -m 0755 target/release/switchboard-server /out/switchboard-server \
     && install -D -m 0755 target/release/switchboard-operator /out/switchboard-operator
 
+# ---------------------------------------------------------------------------- binaries
+FROM ${BINARIES} AS binaries
+
 # --------------------------------------------------------------------------- operator
 FROM ${RUNTIME_IMAGE} AS operator
+ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=""
 LABEL org.opencontainers.image.title="switchboard-operator" \
@@ -74,8 +86,8 @@ LABEL org.opencontainers.image.title="switchboard-operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
-COPY --from=builder /out/switchboard-operator /usr/local/bin/switchboard-operator
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
+COPY --from=binaries /out/switchboard-operator /usr/local/bin/switchboard-operator
 # Numeric, so that a pod with runAsNonRoot can verify it without a runAsUser.
 USER 65532:65532
 # Admin listener: /healthz, /readyz, /metrics.
@@ -86,6 +98,7 @@ CMD ["run"]
 
 # ----------------------------------------------------------------------------- server
 FROM ${RUNTIME_IMAGE} AS server
+ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=""
 LABEL org.opencontainers.image.title="switchboard-server" \
@@ -93,8 +106,8 @@ LABEL org.opencontainers.image.title="switchboard-server" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
-COPY --from=builder /out/switchboard-server /usr/local/bin/switchboard-server
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
+COPY --from=binaries /out/switchboard-server /usr/local/bin/switchboard-server
 USER 65532:65532
 # 8080: WebSocket listener (path /ws). 9090: admin (/healthz, /readyz, /metrics).
 EXPOSE 8080 9090

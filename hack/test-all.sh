@@ -18,7 +18,11 @@
 #      (lint, the rendered install bundle, install/upgrade/uninstall); and the install
 #      journey end to end: helm install, the operator under the chart's own service
 #      account, kubectl apply, servers started from the ConfigMap it wrote, clients
-#      across two replicas over a real nats-server, scale, roll, delete
+#      across two replicas over a real nats-server, scale, roll, delete; and the
+#      container images (hack/images.sh builds them with the Dockerfile's targets on the
+#      Docker engine of hack/docker.sh, stopped again at the end): `docker run` of the
+#      server serves the example app as nonroot on a read-only root and drains on
+#      `docker stop`; the operator image prints this tree's CRD (tests/tests/images.rs)
 #
 #   bash hack/test-all.sh          every tier (what CI runs)
 #   bash hack/test-all.sh --fast   tiers 1 and 2 only: no Go, no control plane; the only
@@ -88,7 +92,16 @@ if $fast; then
   cargo test -p switchboard-spec -p switchboard-ops -p switchboard-server -p switchboard-bench -p switchboard-client
   cargo test -p switchboard-operator --lib
 else
-  echo "== tier 2 and 3: unit, server integration (NATS) and control-plane tests"
+  echo "== tier 3: the container images (hack/images.sh, hack/docker.sh)"
+  trap 'bash hack/docker.sh down' EXIT
+  if ! images_out=$(bash hack/images.sh); then
+    echo "hack/test-all.sh: hack/images.sh failed (see its messages above)" >&2
+    exit 1
+  fi
+  echo "$images_out"
+  DOCKER_HOST=$(bash hack/docker.sh status)
+  export DOCKER_HOST
+  echo "== tier 2 and 3: unit, server integration (NATS), control-plane and image tests"
   cargo test --workspace
 fi
 echo "== tier 2: the TypeScript client package"
